@@ -77,6 +77,114 @@ def cmd_list(a) -> int:
     return 0
 
 
+def _emit(obj, as_json: bool, text: str) -> None:
+    print(json.dumps(_jsonable(obj), indent=1, default=str) if as_json else text)
+
+
+def _save_json(run_dir, sub: str, name: str, obj) -> None:
+    """Keep a per-run JSON (sensitivity, lint) where the report finds it."""
+    from pathlib import Path
+
+    d = Path(run_dir) / sub
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{name}.json").write_text(json.dumps(_jsonable(obj), indent=1, default=str))
+
+
+def cmd_sensitivity(a) -> int:
+    from .searches import sensitivity
+
+    res = sensitivity(a.workload, a.recipe, a.out, eval_samples=a.eval_samples,
+                      progress=not a.json)
+    d = res.to_dict()
+    _save_json(a.out, "sensitivity", f"{a.workload}-{a.recipe}".replace("/", "_"), d)
+    if a.json:
+        _emit(d, True, "")
+    else:
+        print_table(res.table(), columns=list(res.table().columns))
+    return 0
+
+
+def cmd_search(a) -> int:
+    from .searches import Budget, search
+
+    budget = Budget(max_drop=a.max_drop, relative=a.relative, min_cosine=a.min_cosine)
+    res = search(a.workload, a.recipe, budget, a.out, strategy=a.strategy,
+                 eval_samples=a.eval_samples, progress=not a.json)
+    d = res.to_dict()
+    if a.json:
+        _emit(d, True, "")
+    else:
+        print_table(res.table(), columns=list(res.table().columns))
+        print(f"\nchosen: {d.get('recipe_path')}  met budget: {d.get('met')}")
+    return 0 if d.get("met") else 1
+
+
+def cmd_lint(a) -> int:
+    from . import engine_report
+
+    layers = engine_report.read_layer_info(a.graph)
+    profile = engine_report.read_profile(a.profile) if a.profile else None
+    rep = engine_report.lint(layers, profile)
+    if a.out:
+        from pathlib import Path
+
+        _save_json(a.out, "lint", Path(a.graph).name.replace(".json", ""), rep.to_dict())
+    _emit(rep.to_dict(), a.json, rep.to_text())
+    return 0
+
+
+def cmd_estimate(a) -> int:
+    from . import estimate
+
+    if a.onnx:
+        dims = dict(kv.split("=", 1) for kv in a.dim) if a.dim else None
+        est = estimate.estimate_onnx(a.onnx, gpu=a.gpu, batch=a.batch,
+                                     dynamic_dims={k: int(v) for k, v in dims.items()} if dims else None)
+    else:
+        from . import engine_report
+
+        est = estimate.estimate_engine(engine_report.read_layer_info(a.engine_graph), gpu=a.gpu,
+                                       batch=a.batch)
+    _emit(est.to_dict(), a.json, est.to_text())
+    return 0
+
+
+def cmd_bundle(a) -> int:
+    from . import bundle
+
+    path = bundle.bundle_run(a.run_dir, a.output)
+    print(f"bundle written: {path}\ncopy it to an L4 machine, run build_and_profile.sh there, "
+          f"copy it back and run: l4opt import {a.run_dir} {path}")
+    return 0
+
+
+def cmd_import(a) -> int:
+    from . import bundle
+
+    rows = bundle.import_bundle(a.run_dir, a.bundle_dir)
+    _emit(rows, a.json, "\n".join(
+        f"{r.get('trial_id') or r.get('key')}: {r.get('status', 'ok')} "
+        f"{r.get('latency_source', '')} median {r.get('latency_ms_median', '–')} ms"
+        for r in rows))
+    return 0 if all(r.get("status", "ok") == "ok" for r in rows) else 1
+
+
+def cmd_report(a) -> int:
+    from .report import write_report
+
+    print(write_report(a.run_dir, a.output))
+    return 0
+
+
+def cmd_recipe_run(a) -> int:
+    from .execute import run_recipe
+
+    out = run_recipe(a.yaml, a.out)
+    for k, v in out.items():
+        print(f"{k}: {v}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -100,6 +208,68 @@ def build_parser() -> argparse.ArgumentParser:
     for what in ("workloads", "recipes"):
         s = sub.add_parser(what, help=f"list the built-in {what}")
         s.set_defaults(fn=cmd_list, what=what)
+
+    s = sub.add_parser("sensitivity", help="per-layer drift: only this layer / all but this layer")
+    s.add_argument("workload")
+    s.add_argument("--recipe", required=True)
+    s.add_argument("--out", default="runs/default")
+    s.add_argument("--eval-samples", type=int, default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_sensitivity)
+
+    s = sub.add_parser("search", help="fastest mixed precision within an accuracy budget")
+    s.add_argument("workload")
+    s.add_argument("--recipe", required=True)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--max-drop", type=float, help="largest allowed drop of the task metric")
+    g.add_argument("--min-cosine", type=float, help="smallest allowed mean cosine")
+    s.add_argument("--relative", action="store_true", help="--max-drop is a fraction of the "
+                   "unquantized metric")
+    s.add_argument("--strategy", default="both", choices=["both", "greedy", "auto_quantize"])
+    s.add_argument("--out", default="runs/default")
+    s.add_argument("--eval-samples", type=int, default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_search)
+
+    s = sub.add_parser("lint", help="why isn't my engine faster? (TensorRT layer info + profile)")
+    s.add_argument("graph", help="layer information JSON (trtexec --exportLayerInfo)")
+    s.add_argument("--profile", help="per-layer profile JSON (trtexec --exportProfile)")
+    s.add_argument("--out", default=None, help="run directory to keep the lint in (for reports)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_lint)
+
+    s = sub.add_parser("estimate", help="ESTIMATED per-layer and total latency on a GPU")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--onnx", help="a (Q/DQ) ONNX model")
+    g.add_argument("--engine-graph", help="an engine's layer information JSON")
+    s.add_argument("--gpu", default="L4")
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--dim", action="append", help="value of a named dynamic axis, e.g. seq=128")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_estimate)
+
+    s = sub.add_parser("bundle", help="write ONNX + a trtexec build/profile script for a remote L4")
+    s.add_argument("run_dir")
+    s.add_argument("-o", "--output", default=None, help="bundle directory (default RUN_DIR/bundle)")
+    s.set_defaults(fn=cmd_bundle)
+
+    s = sub.add_parser("import", help="read a bundle's trtexec results back as measured rows")
+    s.add_argument("run_dir")
+    s.add_argument("bundle_dir")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_import)
+
+    s = sub.add_parser("report", help="one self-contained HTML report of a run directory")
+    s.add_argument("run_dir")
+    s.add_argument("-o", "--output", default=None)
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("recipe", help="papermill study recipes")
+    rs = s.add_subparsers(dest="recipe_cmd", required=True)
+    r = rs.add_parser("run", help="execute a recipe YAML with papermill and write its report")
+    r.add_argument("yaml")
+    r.add_argument("--out", default=None)
+    r.set_defaults(fn=cmd_recipe_run)
     return p
 
 

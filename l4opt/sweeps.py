@@ -62,6 +62,12 @@ class _Context:
         self.fingerprint = workload.fingerprint()
         self._reference = None
         self._base = None
+        self.bar = None
+
+    def stage(self, recipe: str, stage: str) -> None:
+        """Show the running stage of the current trial on the sweep's progress bar."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{recipe}: {stage}")
 
     def key(self, recipe: Recipe) -> str:
         return content_key("trial", SCHEMA_VERSION, self.fingerprint, recipe.identity(),
@@ -127,9 +133,9 @@ def sweep(workload="minilm", recipes=None, run_dir="runs/default", *, force: boo
     store = Store(run_dir)
     ctx = _Context(w, store, progress)
     rows = []
-    bar = tqdm(recipe_list, desc=f"sweep {w.name}", unit="trial", disable=not progress)
+    bar = ctx.bar = tqdm(recipe_list, desc=f"sweep {w.name}", unit="trial", disable=not progress)
     for recipe in bar:
-        bar.set_postfix_str(recipe.name)
+        ctx.stage(recipe.name, "start")
         key = ctx.key(recipe)
         row = None if force else store.cached(key)
         if row is not None:
@@ -156,6 +162,8 @@ def run_trial(ctx: _Context, recipe: Recipe, key: str) -> dict:
         "algorithm": recipe.algorithm, "metric_name": w.metric.name,
         "metric_higher_is_better": w.metric.higher_is_better,
         "calib_samples": w.num_samples(w.calib_data), "eval_samples": w.num_samples(w.eval_data),
+        "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in w.inputs],
+        "batch_range": list(w.batch_range),
         "versions": env.versions(), "machine": env.machine(), "created_at": _now(),
         "notes": [], "artifacts": {}, "timings_s": {},
     }
@@ -176,9 +184,11 @@ def run_trial(ctx: _Context, recipe: Recipe, key: str) -> dict:
     return row
 
 
-def _timed(row: dict, stage: str):
+def _timed(row: dict, stage: str, ctx: _Context | None = None):
     class _T:
         def __enter__(self):
+            if ctx is not None:
+                ctx.stage(row["recipe"], stage)
             self.t = time.perf_counter()
 
         def __exit__(self, *a):
@@ -206,11 +216,11 @@ def _record_onnx(ctx: _Context, key: str, row: dict, art) -> None:
 def _trial_baseline(ctx: _Context, recipe: Recipe, key: str, row: dict):
     from .export import to_fp16
 
-    with _timed(row, "export"):
+    with _timed(row, "export", ctx):
         art = to_fp16(ctx.base_onnx(), ctx.store.artifact_dir(key) / "model.onnx")
     _record_onnx(ctx, key, row, art)
     row["quantized_layers"] = 0
-    with _timed(row, "evaluate"):
+    with _timed(row, "evaluate", ctx):
         try:
             return _eval_onnx(ctx, Path(art.path), quantized=False), "onnxruntime-cpu (fp16 graph)"
         except StageFailed as exc:
@@ -225,14 +235,14 @@ def _trial_onnx_ptq(ctx: _Context, recipe: Recipe, key: str, row: dict):
 
     out = ctx.store.artifact_dir(key) / "model.onnx"
     base = ctx.base_onnx()
-    with _timed(row, "quantize"):
+    with _timed(row, "quantize", ctx):
         quantize_onnx(str(base), str(out), recipe, ctx.workload.calib_data)
     art = inspect(out)
     _record_onnx(ctx, key, row, art)
     row["quantized_layers"] = _count_quantized_ops(out)
     if art.custom_ops:
         row["notes"].append(f"TensorRT-only custom ops in the graph: {', '.join(art.custom_ops)}")
-    with _timed(row, "evaluate"):
+    with _timed(row, "evaluate", ctx):
         return _eval_onnx(ctx, out, quantized=True), "onnxruntime-cpu"
 
 
@@ -254,14 +264,14 @@ def _trial_torch_ptq(ctx: _Context, recipe: Recipe, key: str, row: dict):
                           leave=False, disable=not ctx.progress):
                 m(*[torch.from_numpy(np.ascontiguousarray(x)) for x in b])
 
-    with _timed(row, "calibrate"):
+    with _timed(row, "calibrate", ctx):
         model = quantize_torch(model, recipe, forward_loop)
     row["quantized_layers"] = len(quantized_layers(model))
     path = ctx.store.artifact_dir(key) / "model.onnx"
-    with _timed(row, "export"):
+    with _timed(row, "export", ctx):
         art = export_torch(model, w, path, opset=FP8_OPSET if recipe.format == "fp8" else OPSET)
     _record_onnx(ctx, key, row, art)
-    with _timed(row, "evaluate"):
+    with _timed(row, "evaluate", ctx):
         if art.custom_ops:
             row["notes"].append(
                 f"TensorRT-only custom ops in the exported graph ({', '.join(art.custom_ops)}): "
