@@ -117,11 +117,13 @@ def _nbatches(w: Workload, data, bs=None) -> int:
 
 
 def sweep(workload="minilm", recipes=None, run_dir="runs/default", *, force: bool = False,
-          progress: bool = True, latency: bool = True, **workload_kwargs) -> SweepResult:
+          progress: bool = True, latency: bool = True, cluster: str | None = None,
+          **workload_kwargs) -> SweepResult:
     """Run every recipe on the workload; finished identical trials are read from the store.
 
     `workload` is a built-in name or a Workload; `recipes` names, files or Recipe objects
     (default: all built-in recipes); `run_dir` holds results.sqlite and the artifacts.
+    `cluster` ("ray", or a Ray address) fans the missing trials out over a Ray cluster.
     """
     from tqdm.auto import tqdm
 
@@ -132,24 +134,50 @@ def sweep(workload="minilm", recipes=None, run_dir="runs/default", *, force: boo
     w.validate()
     store = Store(run_dir)
     ctx = _Context(w, store, progress)
-    rows = []
-    bar = ctx.bar = tqdm(recipe_list, desc=f"sweep {w.name}", unit="trial", disable=not progress)
-    for recipe in bar:
-        ctx.stage(recipe.name, "start")
+    done: dict[str, dict] = {}
+    todo: list[tuple[Recipe, str]] = []
+    for recipe in recipe_list:
         key = ctx.key(recipe)
         row = None if force else store.cached(key)
         if row is not None:
-            row = dict(row, cached=True)
+            done[key] = dict(row, cached=True)
         else:
+            todo.append((recipe, key))
+    if cluster:
+        from .distributed import run_on_cluster
+
+        for row in run_on_cluster(ctx, todo, cluster, latency=latency):
+            store.put(row)  # the driver alone writes the store
+            done[row["key"]] = dict(row, cached=False)
+    else:
+        bar = ctx.bar = tqdm(todo, desc=f"sweep {w.name}", unit="trial", disable=not progress,
+                             total=len(recipe_list), initial=len(done))
+        for recipe, key in bar:
+            ctx.stage(recipe.name, "start")
             row = run_trial(ctx, recipe, key)
             if latency and row["status"] == "ok":
                 _add_latency(ctx, row)
             store.put(row)
-            row = dict(row, cached=False)
-        rows.append(row)
+            done[key] = dict(row, cached=False)
+    rows = [done[ctx.key(r)] for r in recipe_list if ctx.key(r) in done]
     notes = list(store.notes)
     store.close()
     return SweepResult(Path(run_dir), rows, notes)
+
+
+def run_isolated(workload: Workload, recipe: Recipe, key: str, scratch_dir, *,
+                 latency: bool = True, progress: bool = False) -> tuple[dict, dict[str, bytes]]:
+    """Run one trial in a scratch run directory (e.g. on a remote worker) and return its row
+    and artifact files (relative path -> bytes) for the driver to verify and store."""
+    store = Store(scratch_dir)
+    ctx = _Context(workload, store, progress)
+    row = run_trial(ctx, recipe, key)
+    if latency and row["status"] == "ok":
+        _add_latency(ctx, row)
+    files = {a["path"]: (store.run_dir / a["path"]).read_bytes()
+             for a in row.get("artifacts", {}).values()}
+    store.close()
+    return row, files
 
 
 def run_trial(ctx: _Context, recipe: Recipe, key: str) -> dict:
