@@ -128,7 +128,8 @@ def cmd_lint(a) -> int:
     if a.out:
         from pathlib import Path
 
-        _save_json(a.out, "lint", Path(a.graph).name.replace(".json", ""), rep.to_dict())
+        name = Path(a.graph).name.removesuffix(".json").removesuffix(".graph")
+        _save_json(a.out, "lint", name, rep.to_dict())
     _emit(rep.to_dict(), a.json, rep.to_text())
     return 0
 

@@ -1,0 +1,88 @@
+"""The latency estimator: GPU table, ONNX and engine inputs, validation on measured engines."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from l4opt import engine_report, estimate
+from l4opt.errors import BadInput
+
+
+def _mlp(qdq: bool, fmt=TensorProto.INT8, hidden=1024):
+    """x[batch, 1024] @ W[1024, hidden] (+ Q/DQ on data and weights when qdq)."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(1024, hidden)).astype(np.float32)
+    nodes, inits = [], []
+    x = "x"
+    if qdq:
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+                  helper.make_tensor("zp", fmt, [], [0]),
+                  helper.make_tensor("wq", fmt, [1024, hidden], np.zeros(1024 * hidden, int).tolist())]
+        nodes += [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+                  helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+                  helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["wd"])]
+        x, wname = "xd", "wd"
+    else:
+        inits.append(numpy_helper.from_array(w, "w"))
+        wname = "w"
+    nodes += [helper.make_node("MatMul", [x, wname], ["y0"], name="fc"),
+              helper.make_node("Relu", ["y0"], ["y"], name="relu")]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1024])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", hidden])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_gpu_table_and_lookup():
+    l4 = estimate.get_gpu("nvidia l4")
+    assert (l4.sms, l4.bandwidth_gbs, l4.l2_mb, l4.tdp_w) == (58, 300, 48, 72)
+    assert l4.tflops["fp8"] == l4.tflops["int8"] == 2 * l4.tflops["fp16"] and l4.fp8
+    assert not estimate.get_gpu("TITAN RTX").fp8 and not estimate.get_gpu("t4").fp8
+    with pytest.raises(BadInput, match="L4, T4, A10G, A100, H100, TITAN RTX"):
+        estimate.get_gpu("B200")
+
+
+def test_qdq_matmul_runs_int8_and_is_faster_than_fp16():
+    q = estimate.estimate_onnx(_mlp(True), "L4", batch=512)
+    f = estimate.estimate_onnx(_mlp(False), "L4", batch=512)
+    fc_q = q.layers.set_index("layer").loc["fc"]
+    assert fc_q["precision"] == "int8" and f.layers.set_index("layer").loc["fc", "precision"] == "fp16"
+    assert fc_q["flops"] == pytest.approx(2 * 512 * 1024 * 1024)
+    assert q.total_ms < f.total_ms
+    # the DQ and Relu fuse into the matmul's kernel; quantizing the network input is a kernel
+    # of its own, as in TensorRT (see the fixtures' standalone QuantizeLinear_2)
+    assert list(q.layers[q.layers.kernel]["op_type"]) == ["QuantizeLinear", "MatMul"]
+    assert q.source == "estimated-l4" and "ESTIMATE" in q.to_text()
+    json.dumps(q.to_dict())
+
+
+def test_fp8_on_a_gpu_without_fp8_is_priced_at_fp16_and_says_so():
+    e = estimate.estimate_onnx(_mlp(True, TensorProto.FLOAT8E4M3FN), "T4", batch=64)
+    assert e.layers.set_index("layer").loc["fc", "precision"] == "fp8"
+    assert any("no FP8" in n for n in e.notes)
+
+
+def test_dynamic_axis_without_value_is_a_clear_error():
+    m = _mlp(False)
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "hidden_in"
+    with pytest.raises(BadInput, match="hidden_in"):
+        estimate.estimate_onnx(m, "L4")
+
+
+@pytest.mark.parametrize("name", ["mobilenet.qat.onnx", "mobilenet_v2_residuals.qat.onnx"])
+def test_validation_on_measured_engines(trtexec_dir, name):
+    ex = engine_report.load_engine_export(trtexec_dir / f"{name}.engine.graph.json")
+    v = estimate.validate_on_export(ex, "TITAN RTX")
+    print(name, {k: v[k] for k in ("estimated_ms", "measured_median_ms", "end_to_end_error",
+                                   "per_layer_median_abs_error")})
+    assert abs(v["end_to_end_error"]) < 0.25
+    assert v["layers_compared"] >= 55
+    assert v["per_layer_median_abs_error"] < 0.5
+
+
+def test_engine_estimate_on_l4_is_labelled(trtexec_dir):
+    layers = engine_report.read_layer_info(trtexec_dir / "mobilenet.qat.onnx.engine.graph.json")
+    e = estimate.estimate_engine(layers, "L4", batch=8)
+    assert e.source == "estimated-l4" and e.batch == 8 and e.total_ms > 0
+    assert set(e.layers["precision"]) >= {"int8", "fp16"}
