@@ -96,7 +96,6 @@ def cmd_sensitivity(a) -> int:
     res = sensitivity(a.workload, a.recipe, a.out, eval_samples=a.eval_samples,
                       progress=not a.json)
     d = res.to_dict()
-    _save_json(a.out, "sensitivity", f"{a.workload}-{a.recipe}".replace("/", "_"), d)
     if a.json:
         _emit(d, True, "")
     else:
