@@ -10,7 +10,7 @@ from .errors import L4OptError
 
 SHOW = ["recipe", "status", "format", "path", "metric_name", "metric", "metric_delta",
         "cos_mean", "cos_min", "sqnr_db", "max_abs_err", "drift_backend", "latency_ms",
-        "latency_source", "total_s", "cached"]
+        "throughput_samples_s", "latency_source", "total_s", "cached"]
 
 
 def _jsonable(v):
@@ -30,7 +30,8 @@ def print_table(df, columns=SHOW) -> None:
     shown = df[cols].copy()
     if "latency_ms" in shown and "latency_source" in shown:
         # every estimated number says so where it is shown
-        shown = shown.rename(columns={"latency_ms": "L4 latency ms (b=1)"})
+        shown = shown.rename(columns={"latency_ms": "L4 ms (b=1)",
+                                      "throughput_samples_s": "L4 samples/s (opt b)"})
     with pd.option_context("display.max_columns", None, "display.width", 200,
                            "display.float_format", "{:.4g}".format):
         print(shown.to_string(index=False))

@@ -1,7 +1,20 @@
-"""Papermill study recipes: a YAML names a parameterized notebook and its parameters;
-running it writes the executed notebook and the HTML report into the run directory."""
+"""Papermill study recipes: a YAML file names a parameterized notebook (a cell tagged
+`parameters`) and the values for a concrete study; running it writes the executed notebook
+and the HTML report into the run directory.
+
+    # recipes/mixed-precision-digits.yaml
+    name: mixed-precision-digits          # default run directory: runs/<name>
+    notebook: study.ipynb                  # relative to this file
+    parameters: {workload: digits-cnn, recipes: "baseline,int8", search_recipe: int8}
+
+`l4opt recipe run recipes/X.yaml [--out RUN_DIR]`, or `l4opt.execute.run_recipe(...)`. The
+notebook runs with its own directory as the working directory, and receives `run_dir`.
+Plain `papermill recipes/study.ipynb out.ipynb -p workload minilm` runs the same notebook.
+"""
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 
 from . import env
@@ -9,47 +22,79 @@ from .errors import BadInput, StageFailed
 
 
 def load_recipe(yaml_path) -> dict:
+    """The recipe file's notebook (resolved), parameters and name, checked."""
     import yaml
 
     p = Path(yaml_path)
     try:
         spec = yaml.safe_load(p.read_text())
     except OSError as exc:
-        raise BadInput(f"cannot read recipe {p}: {exc.strerror}") from exc
+        raise BadInput(f"cannot read recipe {p}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
         raise BadInput(f"recipe {p} is not valid YAML: {exc}") from exc
-    if not isinstance(spec, dict) or "notebook" not in spec:
-        raise BadInput(f"recipe {p} needs a 'notebook' key (the parameterized notebook to run) "
-                       f"and optional 'parameters'")
-    nb = (p.parent / spec["notebook"]).resolve()
-    if not nb.exists():
+    if not isinstance(spec, dict) or not spec.get("notebook"):
+        raise BadInput(f"recipe {p} needs a 'notebook' key (the parameterized notebook to run, "
+                       f"relative to the recipe file) and optional 'parameters' and 'name'")
+    nb = (p.parent / str(spec["notebook"])).resolve()
+    if not nb.is_file():
         raise BadInput(f"recipe {p}: notebook {nb} not found")
     params = spec.get("parameters") or {}
     if not isinstance(params, dict):
-        raise BadInput(f"recipe {p}: 'parameters' must be a mapping")
-    return {"notebook": nb, "parameters": params, "name": spec.get("name", p.stem)}
+        raise BadInput(f"recipe {p}: 'parameters' must be a mapping of name: value")
+    unknown = set(spec) - {"name", "notebook", "parameters", "description"}
+    if unknown:
+        raise BadInput(f"recipe {p}: unknown keys {sorted(unknown)}; a recipe has name, "
+                       f"notebook, parameters and description")
+    return {"path": p, "notebook": nb, "parameters": params,
+            "name": str(spec.get("name") or p.stem), "description": spec.get("description", "")}
 
 
-def run_recipe(yaml_path, out=None, *, progress: bool = True) -> dict:
-    """Execute the recipe's notebook with papermill, then write the run's report."""
+def notebook_parameters(notebook) -> dict:
+    """The parameters a notebook declares in its `parameters` cell (papermill's inspect)."""
+    pm = env.require("papermill", "running recipes")
+    return dict(pm.inspect_notebook(str(notebook)))
+
+
+def run_recipe(yaml_path, out=None, *, parameters: dict | None = None, progress: bool = True,
+               kernel_name: str | None = None) -> dict:
+    """Execute a recipe's notebook with papermill into the run directory (default
+    runs/<name>), then write the run's HTML report there. `parameters` override the file's.
+    Returns the paths: {'run_dir', 'executed_notebook', 'report'}."""
     pm = env.require("papermill", "running recipes")
     from .report import write_report
 
     spec = load_recipe(yaml_path)
-    run_dir = Path(out) if out else Path("runs") / spec["name"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    declared = {p for p in pm.inspect_notebook(str(spec["notebook"]))}
-    unknown = set(spec["parameters"]) - declared
+    declared = notebook_parameters(spec["notebook"])
+    params = dict(spec["parameters"], **(parameters or {}))
+    unknown = set(params) - set(declared)
     if unknown:
         raise BadInput(f"recipe {yaml_path}: parameters {sorted(unknown)} are not declared in "
-                       f"{spec['notebook'].name}'s parameters cell ({sorted(declared)})")
-    params = dict(spec["parameters"], run_dir=str(run_dir.resolve()))
+                       f"{spec['notebook'].name}'s parameters cell (it declares "
+                       f"{sorted(declared)})")
+    if "run_dir" not in declared:
+        raise BadInput(f"{spec['notebook'].name} declares no run_dir parameter: a recipe "
+                       f"notebook must write its results where the report is made")
+    run_dir = Path(out) if out else Path("runs") / spec["name"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params["run_dir"] = str(run_dir.resolve())
     executed = run_dir / f"{spec['name']}.executed.ipynb"
+    shutil.copyfile(spec["path"], run_dir / f"{spec['name']}.recipe.yaml")
+    t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(spec["notebook"]), str(executed), parameters=params,
-                            progress_bar=progress, cwd=str(spec["notebook"].parent))
+                            progress_bar=progress, cwd=str(spec["notebook"].parent),
+                            kernel_name=kernel_name)
     except pm.PapermillExecutionError as exc:
-        raise StageFailed("recipe", f"cell {exc.exec_count} ({exc.cell_index}) failed: "
-                          f"{exc.ename}: {exc.evalue}; see {executed}") from exc
-    return {"executed_notebook": str(executed), "report": str(write_report(run_dir)),
-            "run_dir": str(run_dir)}
+        src = "\n    ".join((exc.source or "").splitlines()[:8])
+        raise StageFailed(
+            "recipe", f"{spec['notebook'].name} cell {exc.cell_index} (execution count "
+                      f"{exc.exec_count}) raised {exc.ename}: {exc.evalue}\n  cell source:\n    "
+                      f"{src}\n  the executed notebook with the traceback: {executed}",
+            artifact=str(executed)) from exc
+    except Exception as exc:  # kernel died, kernel missing, timeout: name the notebook
+        raise StageFailed("recipe", f"{spec['notebook'].name} could not run: "
+                                    f"{type(exc).__name__}: {exc}", artifact=str(executed)) from exc
+    seconds = time.perf_counter() - t0
+    report = write_report(run_dir)
+    return {"run_dir": str(run_dir), "executed_notebook": str(executed), "report": str(report),
+            "seconds": round(seconds, 1)}

@@ -140,7 +140,9 @@ def to_fp16(src: str | Path, dst: str | Path) -> OnnxArtifact:
     import onnx
     from modelopt.onnx.autocast.convert import convert_to_f16
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    from .quantize import _quiet
+
+    with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")
         model16 = convert_to_f16(onnx.load(str(src)), low_precision_type="fp16",
                                  keep_io_types=True)

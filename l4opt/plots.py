@@ -1,144 +1,496 @@
-"""DataFrame in, plotly Figure out: pure functions shared by widgets, notebooks and reports.
+"""DataFrame in, plotly Figure out: pure functions shared by notebooks, widgets and reports.
 
-Estimated latencies are drawn with open markers and say "estimated" in the legend and axis;
-measured ones are filled. Rows without any latency are left out of latency plots, never given
-an invented value.
+Conventions every figure keeps:
+- Estimated latencies are open markers, measured ones filled, and the latency axis says which
+  ("L4 latency (ms, estimated)"). A row without any latency is left out of latency plots and
+  named in a note under the chart: no number is ever invented for it.
+- Every user-supplied string (workload, recipe, layer names) is HTML-escaped before it reaches
+  plotly, whose labels understand a little HTML: a name like `<b>` shows as text.
+- Interaction that must work without a kernel uses plotly's own controls (legend, hover,
+  dropdown menus), so the figures behave the same in a notebook and in a static report.
 """
 from __future__ import annotations
+
+import html
+import math
 
 import numpy as np
 
 from . import env
 
 MEASURED, ESTIMATED = "measured", "estimated"
-Y_TITLES = {"metric_drop": "task metric drop (lower is better)",
+SYMBOLS = {MEASURED: "circle", ESTIMATED: "circle-open"}
+# plotly's default qualitative palette, spelled out so that this module imports nothing heavy
+PALETTE = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692",
+           "#B6E880", "#FF97FF", "#FECB52"]
+PRECISION_COLORS = {"int8": "#00CC96", "fp8": "#AB63FA", "fp16": "#636EFA", "fp32": "#EF553B"}
+Y_TITLES = {"metric_drop": "{metric} drop vs unquantized (lower is better)",
             "cos_drop": "1 - mean cosine to unquantized (lower is better)"}
+Y_LABELS = {"metric_drop": "task metric drop", "cos_drop": "cosine drift"}
+MAX_TEXT_LABELS = 15
 
 
 def _go():
     return env.require("plotly.graph_objects", "plotting")
 
 
-def pareto_mask(drop, latency) -> np.ndarray:
-    """True where no other point has both lower-or-equal drop and latency (one strictly)."""
-    d, l = np.asarray(drop, float), np.asarray(latency, float)
-    mask = np.ones(len(d), bool)
-    for i in range(len(d)):
-        mask[i] = not np.any((d <= d[i]) & (l <= l[i]) & ((d < d[i]) | (l < l[i])))
-    return mask
+def esc(s) -> str:
+    """A user string made safe for plotly labels (which render a subset of HTML)."""
+    return html.escape("" if s is None else str(s), quote=False)
 
+
+def _num(v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+# ------------------------------------------------------------------ latency sources
+
+def source_kind(source) -> str | None:
+    """'measured', 'estimated', or None for a row without an L4 latency."""
+    s = "" if source is None or (isinstance(source, float) and math.isnan(source)) else str(source)
+    if s.startswith("measured"):
+        return MEASURED
+    if s.startswith("estimated"):
+        return ESTIMATED
+    return None
+
+
+def source_gpu(source) -> str:
+    """'l4' for 'estimated-l4' / 'measured-l4', else the GPU slug ('titan-rtx')."""
+    s = str(source or "")
+    return s.split("-", 1)[1] if "-" in s else "?"
+
+
+def source_label(source) -> str:
+    """'estimated L4', 'measured L4', 'measured titan-rtx'."""
+    kind, gpu = source_kind(source), source_gpu(source)
+    if kind is None:
+        return "no latency"
+    return f"{kind} {'L4' if gpu == 'l4' else gpu}"
+
+
+def latency_axis_title(sources, batch=1) -> str:
+    """The latency axis title: says whether the numbers are estimated or measured."""
+    sources = [s for s in sources if source_kind(s)]
+    b = f", batch {batch}" if batch is not None else ""
+    if not sources:
+        return f"L4 latency (ms{b})"
+    kinds = {source_kind(s) for s in sources}
+    gpus = {source_gpu(s) for s in sources}
+    where = "L4" if gpus == {"l4"} else "GPU"
+    if kinds == {ESTIMATED}:
+        what = "estimated"
+    elif kinds == {MEASURED}:
+        what = "measured" + ("" if gpus == {"l4"} else " on " + ", ".join(sorted(gpus)))
+    else:
+        what = "estimated = open markers, measured = filled"
+    return f"{where} latency (ms, {what}){b}"
+
+
+# ------------------------------------------------------------------ frames
 
 def trials_frame(df):
-    """The rows a latency plot can use, with the columns plots need."""
+    """The finished trials of a run as a DataFrame with the columns the plots read.
+
+    Accepts a DataFrame or a list of row dicts; tolerates missing optional columns. Adds
+    `name` (search candidate name or recipe), `group` ('sweep' or the search strategy),
+    `metric_drop` (from metric_delta when absent) and `cos_drop` (1 - mean cosine).
+    """
     import pandas as pd
 
-    if df is None or len(df) == 0:
-        return pd.DataFrame()
-    df = df.copy()
+    df = pd.DataFrame(df if df is not None else [])
     if "kind" in df:
-        df = df[df["kind"].fillna("trial") == "trial"]
+        df = df[df["kind"].isna() | (df["kind"] == "trial")]
     if "status" in df:
-        df = df[df["status"] == "ok"]
-    for c in ("latency_ms", "metric_drop", "cos_mean", "latency_source"):
+        df = df[df["status"].isna() | (df["status"] == "ok")]
+    df = df.reset_index(drop=True).copy()
+    for c in ("recipe", "workload", "name", "strategy", "latency_source", "metric_name", "key",
+              "pareto"):
         if c not in df:
-            df[c] = np.nan
-    df["cos_drop"] = 1.0 - df["cos_mean"].astype(float)
-    df["latency_kind"] = np.where(df["latency_source"].astype(str).str.startswith("measured"),
-                                  MEASURED, ESTIMATED)
-    df["name"] = df["recipe"] if "recipe" in df else df.index.astype(str)
+            df[c] = None
+    for c in ("latency_ms", "metric_drop", "metric_delta", "cos_mean"):
+        df[c] = pd.to_numeric(df[c], errors="coerce") if c in df else np.nan
+    if "metric_higher_is_better" in df:
+        hib = df["metric_higher_is_better"].map(lambda v: v is not False)
+    else:
+        hib = pd.Series(True, index=df.index)
+    derived = np.where(hib, -df["metric_delta"], df["metric_delta"])
+    df["metric_drop"] = df["metric_drop"].where(df["metric_drop"].notna(), derived)
+    df["cos_drop"] = 1.0 - df["cos_mean"]
+    df["name"] = df["name"].where(df["name"].notna(), df["recipe"]).astype(object)
+    df["name"] = df["name"].where(df["name"].notna(), pd.Series(df.index.astype(str)))
+    df["group"] = df["strategy"].where(df["strategy"].notna(), "sweep").astype(str)
+    df["key"] = df["key"].where(df["key"].notna(), df["name"])
     return df
 
 
-def accuracy_latency(df, y: str = "metric_drop", title: str | None = None):
-    """Accuracy drift against L4 latency, the Pareto front drawn, estimates marked."""
+def pareto_mask(drop, latency) -> np.ndarray:
+    """True where no other point has both lower-or-equal drop and latency (one strictly).
+    Points with a missing coordinate are never on the front."""
+    d, lat = np.asarray(drop, float), np.asarray(latency, float)
+    ok = np.isfinite(d) & np.isfinite(lat)
+    mask = np.zeros(len(d), bool)
+    for i in np.flatnonzero(ok):
+        dominated = ok & (d <= d[i]) & (lat <= lat[i]) & ((d < d[i]) | (lat < lat[i]))
+        mask[i] = not dominated.any()
+    return mask
+
+
+def _ytitle(df, y: str) -> str:
+    names = {str(m) for m in df.get("metric_name", []) if m is not None and m == m}
+    metric = next(iter(names)) if len(names) == 1 else "task metric"
+    return Y_TITLES.get(y, y).format(metric=esc(metric))
+
+
+# ------------------------------------------------------------------ accuracy vs latency
+
+def _accuracy_traces(df, y: str, x: str, source: str):
+    """Scatter traces (one per group and latency kind), the Pareto front, and what was left out."""
     go = _go()
     df = trials_frame(df)
-    fig = go.Figure()
-    has = df.dropna(subset=["latency_ms", y]) if len(df) else df
-    for kind, symbol in ((MEASURED, "circle"), (ESTIMATED, "circle-open")):
-        part = has[has["latency_kind"] == kind] if len(has) else has
-        if len(part) == 0:
-            continue
-        fig.add_trace(go.Scatter(
-            x=part["latency_ms"], y=part[y], mode="markers+text", text=part["name"],
-            textposition="top center", name=f"{kind} L4 latency",
-            marker={"symbol": symbol, "size": 12, "line": {"width": 2}},
-            customdata=np.stack([part["name"], part["latency_source"].astype(str),
-                                 part.get("key", part["name"]).astype(str)], axis=-1),
-            hovertemplate="%{customdata[0]}<br>latency %{x:.4f} ms (%{customdata[1]})"
-                          f"<br>{y} %{{y:.4g}}<extra></extra>"))
-    if len(has):
-        m = pareto_mask(has[y], has["latency_ms"])
-        front = has[m].sort_values("latency_ms")
-        fig.add_trace(go.Scatter(x=front["latency_ms"], y=front[y], mode="lines",
-                                 name="Pareto front", line={"dash": "dot"}, hoverinfo="skip"))
-    all_est = len(has) and (has["latency_kind"] == ESTIMATED).all()
-    fig.update_layout(
-        title=title or "Accuracy drift vs L4 latency",
-        xaxis_title="L4 latency, batch 1 (ms, " + ("ESTIMATED" if all_est else
-                                                     "measured where filled, estimated where open") + ")",
-        yaxis_title=Y_TITLES.get(y, y),
-        legend={"orientation": "h", "y": -0.2}, margin={"t": 60})
-    if not len(has):
+    if source not in df:
+        df[source] = None
+    df[x] = df[x].astype(float) if x in df else np.nan
+    has_y = df[y].notna()
+    has_x = df[x].notna() & df[source].map(lambda s: source_kind(s) is not None)
+    plotted = df[has_x & has_y]
+    missing = [str(n) for n in df.loc[has_y & ~has_x, "name"]]
+    groups = list(dict.fromkeys(plotted["group"]))
+    multi_wl = df["workload"].nunique() > 1
+    labels_at = _merged_labels(plotted, x, y) if len(plotted) <= MAX_TEXT_LABELS else {}
+    traces = []
+    for gi, group in enumerate(groups):
+        color = PALETTE[gi % len(PALETTE)]
+        for kind in (MEASURED, ESTIMATED):
+            part = plotted[(plotted["group"] == group)
+                           & (plotted[source].map(source_kind) == kind)]
+            if not len(part):
+                continue
+            labels = sorted({source_label(s) for s in part[source]})
+            name = f"{', '.join(labels)} latency"
+            if len(groups) > 1 or group != "sweep":
+                name = f"{group}: {name}"
+            names = [esc(n) + (f" ({esc(w)})" if multi_wl else "")
+                     for n, w in zip(part["name"], part["workload"])]
+            stored = ["search Pareto: yes" if p is True else
+                      "search Pareto: no" if p is False else "" for p in part["pareto"]]
+            text = [labels_at.get(i, "") for i in part.index]
+            traces.append(go.Scatter(
+                x=part[x].tolist(), y=part[y].tolist(),
+                mode="markers+text" if any(text) else "markers",
+                text=text if any(text) else None, cliponaxis=False,
+                textposition=[_text_side(v, plotted[x]) for v in part[x]],
+                name=name, legendgroup=kind,
+                marker={"symbol": SYMBOLS[kind], "size": 12, "color": color,
+                        "line": {"width": 2, "color": color}},
+                customdata=[[n, esc(s), str(k), esc(group), st] for n, s, k, st in
+                            zip(names, part[source], part["key"], stored)],
+                hovertemplate="<b>%{customdata[0]}</b> (%{customdata[3]})<br>"
+                              "latency %{x:.4g} ms, %{customdata[1]}<br>"
+                              f"{Y_LABELS.get(y, y)} %{{y:.4g}}<br>%{{customdata[4]}}"
+                              "<extra></extra>"))
+    if len(plotted):
+        front = plotted[pareto_mask(plotted[y], plotted[x])].sort_values(x)
+        traces.append(go.Scatter(
+            x=front[x].tolist(), y=front[y].tolist(), mode="lines+markers", name="Pareto front",
+            legendgroup="pareto", line={"dash": "dot", "color": "#444", "shape": "hv"},
+            marker={"symbol": "circle-open", "size": 22, "color": "#444", "line": {"width": 1}},
+            hoverinfo="skip"))
+    return traces, {"sources": list(plotted[source]), "missing": missing, "frame": df}
+
+
+def _merged_labels(plotted, x: str, y: str) -> dict:
+    """Text labels for the points: points that would overlap on the chart (within 2% of the
+    axis ranges) share one label ('a, b, c') on the first of them."""
+    xs, ys = plotted[x].astype(float), plotted[y].astype(float)
+    tx = 0.02 * ((xs.max() - xs.min()) or abs(xs.max()) or 1.0)
+    ty = 0.04 * ((ys.max() - ys.min()) or abs(ys.max()) or 1.0)
+    clusters: list[list] = []  # [x, y, [(index, name)]]
+    for i, xv, yv, n in zip(plotted.index, xs, ys, plotted["name"]):
+        for c in clusters:
+            if abs(c[0] - xv) <= tx and abs(c[1] - yv) <= ty:
+                c[2].append((i, esc(n)))
+                break
+        else:
+            clusters.append([xv, yv, [(i, esc(n))]])
+    out = {}
+    for _, _, pts in clusters:
+        names = [n for _, n in pts]
+        out[pts[0][0]] = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+    return out
+
+
+def _text_side(v: float, xs) -> str:
+    lo, hi = float(xs.min()), float(xs.max())
+    f = (v - lo) / (hi - lo) if hi > lo else 0.5
+    return "top right" if f < 0.2 else "top left" if f > 0.8 else "top center"
+
+
+def _missing_note(fig, missing, x_label="an L4 latency") -> None:
+    if missing:
+        shown = ", ".join(esc(m) for m in missing[:8]) + (" ..." if len(missing) > 8 else "")
+        fig.add_annotation(text=f"not plotted, no {x_label}: {shown}", showarrow=False,
+                           xref="paper", yref="paper", x=0, y=-0.22, xanchor="left",
+                           font={"size": 11, "color": "#a15c00"})
+
+
+def accuracy_latency(df, y: str = "metric_drop", *, x: str = "latency_ms",
+                     source: str = "latency_source", batch=1, budget: float | None = None,
+                     title: str | None = None):
+    """Accuracy drift (`y`: 'metric_drop' or 'cos_drop') against L4 latency, one point per
+    trial; the Pareto front drawn; estimated latencies open markers, measured filled; a
+    dashed line at `budget` when given. `x`/`source` name the latency column and its source
+    column (default: the batch-1 latency every sweep row carries)."""
+    go = _go()
+    traces, info = _accuracy_traces(df, y, x, source)
+    fig = go.Figure(traces)
+    _layout_accuracy(fig, info, y, batch, title)
+    if budget is not None and math.isfinite(_num(budget)):
+        fig.add_hline(y=float(budget), line_dash="dash", line_color="#b00",
+                      annotation_text="budget", annotation_position="top left")
+    if not info["sources"]:
         fig.add_annotation(text="no trial has an L4 latency yet", showarrow=False,
                            xref="paper", yref="paper", x=0.5, y=0.5)
     return fig
 
 
-def accuracy_latency_switchable(df, title: str | None = None):
-    """accuracy_latency with a dropdown between task-metric drop and cosine drift (works
-    without a kernel: plotly's own updatemenus)."""
-    figs = {y: accuracy_latency(df, y, title) for y in ("metric_drop", "cos_drop")}
-    fig = figs["metric_drop"]
-    if len(figs["cos_drop"].data) == len(fig.data) and len(fig.data):
-        buttons = [{"label": label, "method": "update",
-                    "args": [{"x": [list(t.x) if t.x is not None else [] for t in f.data],
-                              "y": [list(t.y) if t.y is not None else [] for t in f.data]},
-                             {"yaxis.title.text": Y_TITLES[y]}]}
-                   for y, f, label in (("metric_drop", figs["metric_drop"], "task metric drop"),
-                                       ("cos_drop", figs["cos_drop"], "cosine drift"))]
-        fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1.0, "y": 1.15,
-                                        "xanchor": "right"}])
+def _layout_accuracy(fig, info, y, batch, title) -> None:
+    fig.update_layout(
+        title=title or "Accuracy drift vs L4 latency",
+        xaxis_title=latency_axis_title(info["sources"], batch),
+        yaxis_title=_ytitle(info["frame"], y), template="plotly_white",
+        legend={"groupclick": "toggleitem"}, height=480,
+        margin={"t": 70, "b": 110 if info["missing"] else 60})
+    _missing_note(fig, info["missing"])
+
+
+def accuracy_latency_switchable(df, *, x: str = "latency_ms", source: str = "latency_source",
+                                batch=1, title: str | None = None):
+    """accuracy_latency with a dropdown between task-metric drop and cosine drift. The
+    dropdown is plotly's own (updatemenus), so it works in a static HTML file."""
+    go = _go()
+    ys = ("metric_drop", "cos_drop")
+    built = {y: _accuracy_traces(df, y, x, source) for y in ys}
+    fig = go.Figure()
+    owner = []
+    for y in ys:
+        for t in built[y][0]:
+            t.visible = y == ys[0]
+            fig.add_trace(t)
+            owner.append(y)
+    first = built[ys[0]][1]
+    _layout_accuracy(fig, first, ys[0], batch, title)
+    if not first["sources"]:
+        fig.add_annotation(text="no trial has an L4 latency yet", showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=0.5)
+    buttons = [{"label": Y_LABELS[y], "method": "update",
+                "args": [{"visible": [o == y for o in owner]},
+                         {"yaxis.title.text": _ytitle(built[y][1]["frame"], y)}]}
+               for y in ys]
+    fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1.0, "y": 1.14,
+                                    "xanchor": "right", "yanchor": "top",
+                                    "showactive": True, "active": 0}])
     return fig
 
 
-def sensitivity_bars(layers, top: int = 25, title: str = "Per-layer sensitivity"):
-    """Share of the drift each layer explains (only that layer quantized)."""
+# ------------------------------------------------------------------ per layer
+
+def _layers_frame(layers):
     import pandas as pd
 
+    if isinstance(layers, dict):
+        layers = layers.get("layers") or []
+    return pd.DataFrame(layers if layers is not None else [])
+
+
+def sensitivity_bars(layers, top: int = 20, title: str | None = None):
+    """Per-layer sensitivity (SensitivityResult.layers, its to_dict(), or a DataFrame): the
+    share of the total drift each layer explains when only it is quantized, and (dropdown)
+    how much accuracy keeping it in high precision recovers."""
     go = _go()
-    df = pd.DataFrame(layers)
+    df = _layers_frame(layers)
     fig = go.Figure()
-    if len(df):
-        df = df.sort_values("share", ascending=False).head(top)
-        fig.add_trace(go.Bar(x=df["share"], y=df["layer"], orientation="h", name="share of drift",
-                             hovertemplate="%{y}<br>share %{x:.3f}<extra></extra>"))
-        fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title, xaxis_title="share of total drift", margin={"l": 220})
+    value = next((c for c in ("share", "share_task", "share_cosine") if c in df), None)
+    if not len(df) or "layer" not in df or value is None:
+        fig.add_annotation(text="no per-layer sensitivity data", showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=0.5)
+        fig.update_layout(title=title or "Per-layer sensitivity", template="plotly_white")
+        return fig
+    df = df.sort_values(value, ascending=False).head(top).reset_index(drop=True)
+    names = [esc(n) for n in df["layer"]]
+    extra = [c for c in ("only_drop", "only_cos_mean", "all_but_drop", "recovery", "rank")
+             if c in df]
+    hover = ["<br>".join(f"{c} {_num(r[c]):.4g}" for c in extra) for _, r in df.iterrows()]
+    series = [(value, "share of the total drift (only this layer quantized)")]
+    if "recovery" in df:
+        series.append(("recovery", "metric recovered by keeping only this layer in high precision"))
+    for i, (col, label) in enumerate(series):
+        fig.add_trace(go.Bar(x=pd_float(df[col]), y=names, orientation="h", name=label,
+                             visible=i == 0, customdata=hover, marker_color=PALETTE[i],
+                             hovertemplate="<b>%{y}</b><br>%{x:.4g}<br>%{customdata}"
+                                           "<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_layout(title=title or "Per-layer sensitivity", xaxis_title=series[0][1],
+                      template="plotly_white", height=max(320, 40 + 24 * len(df)),
+                      margin={"l": 10}, showlegend=False)
+    if len(series) > 1:
+        fig.update_layout(updatemenus=[{"x": 1.0, "y": 1.12, "xanchor": "right",
+                                        "yanchor": "top", "buttons": [
+            {"label": "share of drift" if i == 0 else "recovery", "method": "update",
+             "args": [{"visible": [j == i for j in range(len(series))]},
+                      {"xaxis.title.text": label}]} for i, (_, label) in enumerate(series)]}])
     return fig
 
 
-def lint_shares(lint: dict, title: str = "Engine time by precision (measured profile)"):
-    """Share of engine time per precision, from LintReport.to_dict()."""
+def pd_float(s) -> list:
+    return [_num(v) for v in s]
+
+
+def layer_latency(layers, top: int = 30, title: str | None = None, batch=None,
+                  gpu: str = "L4"):
+    """Per-layer ESTIMATED latency (Estimate.layers from l4opt.estimate), bars coloured by the
+    precision each layer runs at."""
     go = _go()
-    rows = lint.get("by_precision") or []
-    fig = go.Figure(go.Bar(x=[str(r["precision"]) for r in rows],
-                           y=[r.get("time_ms") or 0 for r in rows], name="time (ms)"))
-    fig.update_layout(title=title, yaxis_title="time per inference (ms)")
+    df = _layers_frame(layers)
+    fig = go.Figure()
+    if not len(df) or "latency_ms" not in df:
+        fig.add_annotation(text="no per-layer latency", showarrow=False, xref="paper",
+                           yref="paper", x=0.5, y=0.5)
+        return fig
+    total = float(df["latency_ms"].sum())
+    if "kernel" in df:
+        df = df[df["kernel"].astype(bool)]
+    df = df.sort_values("latency_ms", ascending=False).head(top)
+    prec = df["precision"] if "precision" in df else ["?"] * len(df)
+    df = df.assign(precision=list(prec))
+    for p in dict.fromkeys(df["precision"]):
+        part = df[df["precision"] == p]
+        fig.add_trace(go.Bar(
+            x=pd_float(part["latency_ms"]), y=[esc(n) for n in part["layer"]], orientation="h",
+            name=esc(p), marker_color=PRECISION_COLORS.get(str(p), "#999"),
+            customdata=[esc(o) for o in part.get("op_type", [""] * len(part))],
+            hovertemplate="<b>%{y}</b> (%{customdata})<br>%{x:.4g} ms, ESTIMATED<extra></extra>"))
+    b = f", batch {batch}" if batch is not None else ""
+    fig.update_yaxes(autorange="reversed", type="category",
+                     categoryorder="array", categoryarray=[esc(n) for n in df["layer"]])
+    fig.update_layout(
+        title=title or f"Per-layer {esc(gpu)} latency, ESTIMATED{b}: {total:.4g} ms in all",
+        xaxis_title=f"{esc(gpu)} latency (ms, estimated)", template="plotly_white",
+        barmode="stack", legend_title_text="precision", height=max(300, 60 + 22 * len(df)),
+        margin={"l": 10})
     return fig
 
 
-def batch_curves(df, title: str = "Latency-throughput per recipe (measured)"):
-    """Latency against throughput over batch sizes, for rows with a measured batch sweep."""
+# ------------------------------------------------------------------ engine lint
+
+def lint_shares(lint: dict, title: str | None = None):
+    """Where a TensorRT engine's time goes (LintReport.to_dict()): share of the profiled time
+    per precision, and (dropdown) per layer type. Without a profile: layer counts."""
     go = _go()
+    lint = lint or {}
+    timed = bool(lint.get("has_profile"))
+    tables = [("precision", lint.get("by_precision") or []),
+              ("layer_type", lint.get("by_layer_type") or [])]
     fig = go.Figure()
-    df = trials_frame(df)
-    for _, r in (df.iterrows() if len(df) else []):
-        curve = r.get("batch_sweep")
-        if isinstance(curve, list) and curve:
+    for i, (key, rows) in enumerate(tables):
+        xs = [esc(r.get(key)) for r in rows]
+        if timed:
+            ys = [100 * (_num(r.get("share")) if r.get("share") is not None else math.nan)
+                  for r in rows]
+            custom = [f"{r.get('layers')} layers, {_num(r.get('time_ms')):.4g} ms" for r in rows]
+        else:
+            ys = [r.get("layers") for r in rows]
+            custom = ["no profile: time unknown" for _ in rows]
+        fig.add_trace(go.Bar(
+            x=xs, y=ys, visible=i == 0, name=key.replace("_", " "),
+            marker_color=[PRECISION_COLORS.get(str(r.get(key)), PALETTE[0]) for r in rows]
+            if key == "precision" else PALETTE[3],
+            customdata=custom, hovertemplate="<b>%{x}</b><br>%{y:.3g}"
+            + ("% of engine time" if timed else " layers") + "<br>%{customdata}<extra></extra>"))
+    ylab = "share of profiled engine time (%)" if timed else "layers (no profile: times unknown)"
+    total = lint.get("total_ms")
+    sub = f": {total:.4g} ms per inference (profiled)" if timed and total else ""
+    fig.update_layout(
+        title=title or f"Engine time by precision{sub}", yaxis_title=ylab,
+        template="plotly_white", showlegend=False, height=420,
+        updatemenus=[{"x": 1.0, "y": 1.15, "xanchor": "right", "yanchor": "top", "buttons": [
+            {"label": f"by {key.replace('_', ' ')}", "method": "update",
+             "args": [{"visible": [j == i for j in range(len(tables))]}]}
+            for i, (key, _) in enumerate(tables)]}])
+    return fig
+
+
+# ------------------------------------------------------------------ batch curves
+
+def curve_points(curve) -> list[dict]:
+    """Normalise a measured batch sweep: rows from `l4opt import` ({batch, latency_ms_median,
+    throughput_samples_s}) or from l4opt.trt.batch_sweep ({batch, gpu_compute_ms: {median}})."""
+    out = []
+    for c in curve or []:
+        if not isinstance(c, dict):
+            continue
+        b = _num(c.get("batch"))
+        lat = _num(c.get("latency_ms_median", c.get("latency_ms")))
+        if not math.isfinite(lat) and isinstance(c.get("gpu_compute_ms"), dict):
+            lat = _num(c["gpu_compute_ms"].get("median"))
+        thr = _num(c.get("throughput_samples_s"))
+        if not math.isfinite(thr) and math.isfinite(lat) and lat > 0 and math.isfinite(b):
+            thr = b * 1000.0 / lat
+        if math.isfinite(b) and math.isfinite(lat):
+            out.append({"batch": int(b), "latency_ms": lat, "throughput_samples_s": thr})
+    return sorted(out, key=lambda p: p["batch"])
+
+
+def has_batch_curves(df) -> bool:
+    d = trials_frame(df)
+    return "batch_sweep" in d and any(curve_points(c) for c in d["batch_sweep"]
+                                      if isinstance(c, list))
+
+
+def batch_curves(df, title: str | None = None):
+    """Median latency (and, dropdown, throughput) against batch size, for every trial with a
+    measured batch sweep. Rows without one are named in a note, never extrapolated."""
+    go = _go()
+    d = trials_frame(df)
+    fig = go.Figure()
+    if "batch_sweep" not in d:
+        d["batch_sweep"] = None
+    curves, sources, missing = [], set(), []
+    for i, r in d.iterrows():
+        pts = curve_points(r["batch_sweep"]) if isinstance(r["batch_sweep"], list) else []
+        if pts:
+            curves.append((r, pts))
+            sources.add(r.get("latency_source"))
+        else:
+            missing.append(str(r["name"]))
+    for metric_i, (col, label) in enumerate((("latency_ms", "median latency (ms, measured)"),
+                                             ("throughput_samples_s", "samples/s (measured)"))):
+        for ci, (r, pts) in enumerate(curves):
             fig.add_trace(go.Scatter(
-                x=[c["throughput_samples_s"] for c in curve],
-                y=[c["latency_ms_median"] for c in curve], mode="lines+markers",
-                name=str(r["name"]), text=[f"batch {c['batch']}" for c in curve]))
-    fig.update_layout(title=title, xaxis_title="samples/s", yaxis_title="median latency (ms)")
+                x=[p["batch"] for p in pts], y=[p[col] for p in pts], mode="lines+markers",
+                name=f"{esc(r['name'])} ({esc(source_label(r.get('latency_source')))})",
+                visible=metric_i == 0, showlegend=True, legendgroup=str(ci),
+                line={"color": PALETTE[ci % len(PALETTE)]},
+                hovertemplate="batch %{x}<br>%{y:.4g}<extra>" + esc(r["name"]) + "</extra>"))
+    n = len(curves)
+    where = ", ".join(sorted(source_label(s) for s in sources if s)) or "measured"
+    fig.update_layout(
+        title=title or f"Latency and throughput vs batch size ({esc(where)})",
+        xaxis={"title": "batch size", "type": "log", "dtick": math.log10(2)},
+        yaxis_title="median latency (ms, measured)", template="plotly_white", height=440,
+        margin={"b": 110},
+        updatemenus=[{"x": 1.0, "y": 1.15, "xanchor": "right", "yanchor": "top", "buttons": [
+            {"label": lab, "method": "update",
+             "args": [{"visible": [k // max(n, 1) == i for k in range(2 * n)]},
+                      {"yaxis.title.text": lab}]}
+            for i, lab in enumerate(("median latency (ms, measured)", "samples/s (measured)"))]}])
+    if not curves:
+        fig.add_annotation(text="no measured batch sweep", showarrow=False, xref="paper",
+                           yref="paper", x=0.5, y=0.5)
+    elif missing:
+        _missing_note(fig, missing, "measured batch sweep")
     return fig
