@@ -64,10 +64,15 @@ def _histogram_recalibrate(model, recipe: Recipe, forward_loop: Callable) -> Non
     """Replace max amax of activation quantizers with entropy/percentile amax from histograms."""
     from modelopt.torch.quantization.calib import HistogramCalibrator
 
-    acts = {n: q for n, q in quantizers(model).items() if n.endswith("input_quantizer")}
+    enabled = quantizers(model)
+    acts = {n: q for n, q in enabled.items() if n.endswith("input_quantizer")}
     for q in acts.values():
         q._calibrator = HistogramCalibrator(num_bits=q.num_bits, axis=None, unsigned=q.unsigned)
+    # collect with every quantizer off, as ModelOpt's own calibration does: each scale then
+    # depends on its own layer only, whichever other layers end up quantized
+    for q in enabled.values():
         q.disable_quant()
+    for q in acts.values():
         q.enable_calib()
     try:
         forward_loop(model)
@@ -80,8 +85,9 @@ def _histogram_recalibrate(model, recipe: Recipe, forward_loop: Callable) -> Non
             except RuntimeError as exc:
                 raise StageFailed("calibration", f"quantizer {name} saw no data: {exc}") from exc
     finally:
-        for q in acts.values():
+        for q in enabled.values():
             q.enable_quant()
+        for q in acts.values():
             q.disable_calib()
 
 

@@ -17,7 +17,7 @@ from .recipes import Recipe, resolve
 from .store import Store, content_key
 from .workloads import Workload, load
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: histogram calibration collected with every quantizer off
 KEY_VERSIONS = ("torch", "nvidia-modelopt", "onnx", "onnxruntime")
 
 # The columns a table shows first, in order; every other row field follows.

@@ -124,3 +124,36 @@ def test_cli_search_json(run_dir):
     assert out.returncode == 0, out.stderr[-2000:]
     d = json.loads(out.stdout)
     assert d["met"] and d["latency_source"] == "estimated-l4" and 0 < d["fraction_quantized"] < 1
+
+
+def test_toggling_a_layer_equals_recalibrating_without_it():
+    """The premise of calibrate-once: scales do not depend on which other layers are quantized."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from l4opt import recipes, workloads
+    from l4opt.drift import tensor_metrics
+    from l4opt.quantize import quantize_torch
+    from l4opt.runners import TorchRunner, run_all
+    from l4opt.searches import Calibrated, torch_form
+
+    w = workloads.load("digits-cnn")
+    cal = Calibrated(w, recipes.get("int8-percentile"), 128, progress=False)
+    layer = cal.layers[1]
+    once = cal.evaluate([x for x in cal.layers if x != layer])
+    base = torch_form(recipes.get("int8-percentile"))
+    model = copy.deepcopy(w.module())
+
+    def loop(m):
+        with torch.no_grad():
+            for b in w.batches(w.calib_data):
+                m(*[torch.from_numpy(np.ascontiguousarray(x)) for x in b])
+
+    quantize_torch(model, Recipe(base.name, base.path, base.format, base.algorithm,
+                                 disabled_layers=(layer,)), loop)
+    again = tensor_metrics(run_all(TorchRunner(model), w.batches(cal.eval), progress=False),
+                           cal.reference)
+    assert again["cos_mean"] == pytest.approx(once["cos_mean"], abs=1e-7)
+    assert again["sqnr_db"] == pytest.approx(once["sqnr_db"], abs=1e-5)
