@@ -123,7 +123,7 @@ def sweep(workload="minilm", recipes=None, run_dir="runs/default", *, force: boo
 
     `workload` is a built-in name or a Workload; `recipes` names, files or Recipe objects
     (default: all built-in recipes); `run_dir` holds results.sqlite and the artifacts.
-    `cluster` ("ray", or a Ray address) fans the missing trials out over a Ray cluster.
+    `cluster` is reserved for fanning trials out over a Ray cluster (not available yet).
     """
     from tqdm.auto import tqdm
 
@@ -144,11 +144,9 @@ def sweep(workload="minilm", recipes=None, run_dir="runs/default", *, force: boo
         else:
             todo.append((recipe, key))
     if cluster:
-        from .distributed import run_on_cluster
-
-        for row in run_on_cluster(ctx, todo, cluster, latency=latency):
-            store.put(row)  # the driver alone writes the store
-            done[row["key"]] = dict(row, cached=False)
+        store.close()
+        raise BadInput(f"cluster={cluster!r}: sweeps across a Ray cluster are not available in "
+                       f"this version of l4opt; run without cluster= (trials run here)")
     else:
         bar = ctx.bar = tqdm(todo, desc=f"sweep {w.name}", unit="trial", disable=not progress,
                              total=len(recipe_list), initial=len(done))
