@@ -30,6 +30,12 @@ Y_LABELS = {"metric_drop": "task metric drop", "cos_drop": "cosine drift"}
 MAX_TEXT_LABELS = 15
 
 
+def _menu(buttons, active: int = 0) -> dict:
+    """A plotly dropdown above the plot's top-right corner (works without a kernel)."""
+    return {"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.02, "yanchor": "bottom",
+            "showactive": True, "active": active, "pad": {"b": 4}}
+
+
 def _go():
     return env.require("plotly.graph_objects", "plotting")
 
@@ -233,9 +239,9 @@ def _text_side(v: float, xs) -> str:
 def _missing_note(fig, missing, x_label="an L4 latency") -> None:
     if missing:
         shown = ", ".join(esc(m) for m in missing[:8]) + (" ..." if len(missing) > 8 else "")
-        fig.add_annotation(text=f"not plotted, no {x_label}: {shown}", showarrow=False,
-                           xref="paper", yref="paper", x=0, y=-0.22, xanchor="left",
-                           font={"size": 11, "color": "#a15c00"})
+        fig.add_annotation(text=f"not plotted, without {x_label}: {shown}", showarrow=False,
+                           xref="paper", yref="paper", x=0, y=0, xanchor="left",
+                           yanchor="top", yshift=-62, font={"size": 11, "color": "#a15c00"})
 
 
 def accuracy_latency(df, y: str = "metric_drop", *, x: str = "latency_ms",
@@ -264,7 +270,7 @@ def _layout_accuracy(fig, info, y, batch, title) -> None:
         xaxis_title=latency_axis_title(info["sources"], batch),
         yaxis_title=_ytitle(info["frame"], y), template="plotly_white",
         legend={"groupclick": "toggleitem"}, height=480,
-        margin={"t": 70, "b": 110 if info["missing"] else 60})
+        margin={"t": 80, "b": 110 if info["missing"] else 60})
     _missing_note(fig, info["missing"])
 
 
@@ -291,9 +297,7 @@ def accuracy_latency_switchable(df, *, x: str = "latency_ms", source: str = "lat
                 "args": [{"visible": [o == y for o in owner]},
                          {"yaxis.title.text": _ytitle(built[y][1]["frame"], y)}]}
                for y in ys]
-    fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1.0, "y": 1.14,
-                                    "xanchor": "right", "yanchor": "top",
-                                    "showactive": True, "active": 0}])
+    fig.update_layout(updatemenus=[_menu(buttons)])
     return fig
 
 
@@ -335,14 +339,13 @@ def sensitivity_bars(layers, top: int = 20, title: str | None = None):
                                            "<extra></extra>"))
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_layout(title=title or "Per-layer sensitivity", xaxis_title=series[0][1],
-                      template="plotly_white", height=max(320, 40 + 24 * len(df)),
-                      margin={"l": 10}, showlegend=False)
+                      template="plotly_white", height=max(320, 120 + 24 * len(df)),
+                      margin={"l": 10, "t": 80}, showlegend=False)
     if len(series) > 1:
-        fig.update_layout(updatemenus=[{"x": 1.0, "y": 1.12, "xanchor": "right",
-                                        "yanchor": "top", "buttons": [
+        fig.update_layout(updatemenus=[_menu([
             {"label": "share of drift" if i == 0 else "recovery", "method": "update",
              "args": [{"visible": [j == i for j in range(len(series))]},
-                      {"xaxis.title.text": label}]} for i, (_, label) in enumerate(series)]}])
+                      {"xaxis.title.text": label}]} for i, (_, label) in enumerate(series)])])
     return fig
 
 
@@ -417,10 +420,10 @@ def lint_shares(lint: dict, title: str | None = None):
     fig.update_layout(
         title=title or f"Engine time by precision{sub}", yaxis_title=ylab,
         template="plotly_white", showlegend=False, height=420,
-        updatemenus=[{"x": 1.0, "y": 1.15, "xanchor": "right", "yanchor": "top", "buttons": [
+        margin={"t": 80}, updatemenus=[_menu([
             {"label": f"by {key.replace('_', ' ')}", "method": "update",
              "args": [{"visible": [j == i for j in range(len(tables))]}]}
-            for i, (key, _) in enumerate(tables)]}])
+            for i, (key, _) in enumerate(tables)])])
     return fig
 
 
@@ -465,7 +468,7 @@ def batch_curves(df, title: str | None = None):
         if pts:
             curves.append((r, pts))
             sources.add(r.get("latency_source"))
-        else:
+        elif r["group"] == "sweep":
             missing.append(str(r["name"]))
     for metric_i, (col, label) in enumerate((("latency_ms", "median latency (ms, measured)"),
                                              ("throughput_samples_s", "samples/s (measured)"))):
@@ -482,15 +485,15 @@ def batch_curves(df, title: str | None = None):
         title=title or f"Latency and throughput vs batch size ({esc(where)})",
         xaxis={"title": "batch size", "type": "log", "dtick": math.log10(2)},
         yaxis_title="median latency (ms, measured)", template="plotly_white", height=440,
-        margin={"b": 110},
-        updatemenus=[{"x": 1.0, "y": 1.15, "xanchor": "right", "yanchor": "top", "buttons": [
+        margin={"t": 80, "b": 110},
+        updatemenus=[_menu([
             {"label": lab, "method": "update",
              "args": [{"visible": [k // max(n, 1) == i for k in range(2 * n)]},
                       {"yaxis.title.text": lab}]}
-            for i, lab in enumerate(("median latency (ms, measured)", "samples/s (measured)"))]}])
+            for i, lab in enumerate(("median latency (ms, measured)", "samples/s (measured)"))])])
     if not curves:
         fig.add_annotation(text="no measured batch sweep", showarrow=False, xref="paper",
                            yref="paper", x=0.5, y=0.5)
     elif missing:
-        _missing_note(fig, missing, "measured batch sweep")
+        _missing_note(fig, missing, "a measured batch sweep")
     return fig

@@ -1,140 +1,161 @@
-"""Plots, the HTML report (opened in a real headless Chromium), and the dashboard widgets."""
-import os
+"""The shareable HTML report of a real run directory: self-contained, escaped, labelled.
+
+The `report_run` fixture (shared with test_browser and test_plots) is a real run: a digits-cnn
+sweep, a trial whose workload and recipe names are hostile HTML, a real sensitivity and greedy
+search, the lint of a real trtexec export (through the CLI, as users keep it), a sensitivity
+file with a hostile layer name, and one trial given a measured L4 latency and batch curve the
+way `l4opt import` records them.
+"""
+import json
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 import l4opt
-from l4opt import plots, workloads
+from l4opt import workloads
 from l4opt.recipes import Recipe
 
-ARTIFACTS = Path(os.environ.get("L4OPT_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
-XSS = "<img src=x onerror=alert(1)>"
+pytest.importorskip("plotly", reason="the notebook extra is not installed")
+
+XSS_WORKLOAD = "<img src=x onerror=alert(1)>"
+XSS_RECIPE = "</script><script>alert(2)</script>"
+XSS_LAYER = "<svg onload=alert(3)>"
+XSS_LINT = "<b onmouseover=alert(4)>engine"
+HOSTILE = (XSS_WORKLOAD, XSS_RECIPE, XSS_LAYER, XSS_LINT)
+MEASURED_CURVE = [  # as l4opt.bundle.read_bundle records a measured batch sweep
+    {"batch": 1, "latency_ms_median": 0.021, "p99": 0.024, "throughput_qps": 47619.0,
+     "throughput_samples_s": 47619.0},
+    {"batch": 8, "latency_ms_median": 0.026, "p99": 0.03, "throughput_qps": 38461.5,
+     "throughput_samples_s": 307692.3},
+    {"batch": 64, "latency_ms_median": 0.061, "p99": 0.07, "throughput_qps": 16393.4,
+     "throughput_samples_s": 1049180.3},
+]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, trtexec_dir):
-    """A real run: a sweep, a trial whose workload and recipe names are hostile, and lint."""
+@pytest.fixture(scope="session")
+def report_run(tmp_path_factory, trtexec_dir):
     from l4opt.cli import main
+    from l4opt.searches import Budget, SensitivityResult
+    from l4opt.store import Store
 
-    d = tmp_path_factory.mktemp("report")
-    l4opt.sweep("digits-cnn", "baseline,int8,int8-max", d, progress=False)
+    d = tmp_path_factory.mktemp("report-run")
+    l4opt.sweep("digits-cnn", "baseline,fp8,int8-max", d, progress=False)
     w = workloads.load("digits-cnn")
-    w.name = XSS
-    l4opt.sweep(w, [Recipe(XSS, "torch-ptq", "int8", "max")], d, progress=False)
+    w.name = XSS_WORKLOAD
+    l4opt.sweep(w, [Recipe(XSS_RECIPE, "torch-ptq", "int8", "max")], d, progress=False)
+    l4opt.sensitivity("digits-cnn", "int8-max", d, eval_samples=64, progress=False)
+    l4opt.search("digits-cnn", "int8-max", Budget(max_drop=0.01), d, strategy="greedy",
+                 eval_samples=64, progress=False)
     g = trtexec_dir / "mobilenet.qat.onnx.engine.graph.json"
-    main(["lint", str(g), "--profile", str(g).replace(".graph.json", ".profile.json"),
-          "--out", str(d), "--json"])
+    assert main(["lint", str(g), "--profile", str(g).replace(".graph.json", ".profile.json"),
+                 "--out", str(d), "--json"]) == 0
+    shutil.copy(d / "lint" / "mobilenet.qat.onnx.engine.json", d / "lint" / f"{XSS_LINT}.json")
+    hostile = SensitivityResult(
+        XSS_WORKLOAD, "int8-max", {}, "top1", 0.98, {}, eval_samples=64, seconds=0.1,
+        layers=[{"layer": XSS_LAYER, "share": 0.75, "only_drop": 0.02, "all_but_drop": 0.0,
+                 "recovery": 0.02, "rank": 1},
+                {"layer": "head.3", "share": 0.25, "only_drop": 0.005, "all_but_drop": 0.015,
+                 "recovery": 0.005, "rank": 2}])
+    (d / "sensitivity" / "hostile.json").write_text(json.dumps(hostile.to_dict()))
+    store = Store(d)
+    row = next(r for r in store.rows() if r.get("recipe") == "int8-max")
+    store.update(row["key"], latency_estimate_ms=row["latency_ms"],
+                 latency_estimate_source=row["latency_source"], latency_ms=0.021,
+                 latency_batch=1, latency_source="measured-l4", latency_gpu="NVIDIA L4",
+                 batch_sweep=MEASURED_CURVE)
+    store.close()
     return d
 
 
-def test_pareto_mask():
-    assert list(plots.pareto_mask([0.0, 0.1, 0.05, 0.2], [2.0, 1.0, 1.5, 1.5])) == [True, True, True, False]
-
-
-def test_accuracy_latency_marks_estimates_and_draws_the_front(run):
-    from l4opt.store import Store
-
-    df = pd.DataFrame([r for r in Store(run).rows() if r["kind"] == "trial"])
-    fig = plots.accuracy_latency(df)
-    names = [t.name for t in fig.data]
-    assert "estimated L4 latency" in names and "Pareto front" in names
-    assert "measured L4 latency" not in names  # nothing was measured here
-    assert "ESTIMATED" in fig.layout.xaxis.title.text
-    est = next(t for t in fig.data if t.name == "estimated L4 latency")
-    assert est.marker.symbol == "circle-open" and len(est.x) == 4
-    measured = df.assign(latency_source=["measured-l4"] + ["estimated-l4"] * (len(df) - 1))
-    fig2 = plots.accuracy_latency(measured)
-    assert {"measured L4 latency", "estimated L4 latency"} <= {t.name for t in fig2.data}
-
-
-def test_rows_without_latency_are_left_out_not_invented():
-    df = pd.DataFrame([{"recipe": "a", "status": "ok", "metric_drop": 0.1, "cos_mean": 0.9}])
-    fig = plots.accuracy_latency(df)
-    assert all(t.name == "Pareto front" or len(t.x) == 0 for t in fig.data)
-    assert "no trial has an L4 latency" in fig.layout.annotations[0].text
-
-
-def test_report_is_self_contained_and_escapes_names(run):
+@pytest.fixture(scope="session")
+def report_html(report_run):
     from l4opt.report import write_report
 
-    path = write_report(run)
-    text = path.read_text()
-    assert text.count("plotly.js v") == 1  # plotly.js embedded once
-    assert not re.search(r"<(script|link)[^>]+(src|href)=", text)  # nothing loaded from outside
-    assert XSS not in text and html_escaped(XSS) in text
-    assert "ESTIMATES" in text and "Engine lint" in text and "unfused-qdq" in text
-    assert path.stat().st_size < 8_000_000
+    path = write_report(report_run)
+    return path, path.read_text(encoding="utf-8")
 
 
-def html_escaped(s):
+def test_report_is_one_self_contained_file(report_html):
+    path, text = report_html
+    assert path.name == "report.html"
+    assert text.count("plotly.js v") == 1  # plotly.js embedded exactly once
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)\s*=", text, re.I)
+    body = text.split("</head>", 1)[1]  # (plotly.js itself names its CDN for map topologies)
+    assert "cdn.plot.ly" not in body and "require" not in body
+    assert text.count('class="plotly-graph-div"') >= 6  # two charts, sensitivity x2, lint x2, batch
+    assert path.stat().st_size < 6_000_000
+
+
+def test_every_user_string_is_escaped(report_html):
     import html
 
-    return html.escape(s)
+    _, text = report_html
+    for s in HOSTILE:
+        assert s not in text, s
+    # outside the embedded plotly.js: only the figures' own scripts, no event handler attribute
+    body = text.split("</head>", 1)[1]
+    scripts = re.findall(r"<script[^>]*>\s*(\S{0,30})", body)
+    assert scripts and all(s.startswith("window.PLOTLYENV") for s in scripts)
+    assert len(scripts) == body.count('class="plotly-graph-div"')
+    assert not re.search(r"<[a-z]+[^>]*\son[a-z]+\s*=", body)
+    assert html.escape(XSS_WORKLOAD) in body and html.escape(XSS_RECIPE) in body
+    assert html.escape(XSS_LAYER) in body and html.escape(XSS_LINT) in body
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed "
-                    "(.ci/browser-deps.sh installs it)")
-def test_report_renders_in_headless_chromium(run):
-    from playwright.sync_api import sync_playwright
+def test_estimates_and_measurements_are_labelled(report_html):
+    _, text = report_html
+    assert "L4 latency ms, batch 1 (measured or estimated: see latency_source)" in text
+    assert "L4 samples/s at throughput_batch (estimated)" in text
+    assert "L4 latency ms, batch 1 (estimated; kept beside a measurement)" in text
+    assert "come from l4opt&#x27;s cost model" in text or "come from l4opt's cost model" in text
+    assert "estimated-l4" in text and "measured-l4" in text
+    assert "measured = filled" in text  # the chart's latency axis, mixed sources
 
+
+def test_sections_hold_the_run(report_html):
+    _, text = report_html
+    for h in ("Summary", "Mixed-precision search candidates", "Accuracy drift vs L4 latency",
+              "Per-layer sensitivity", "Engine lint", "Batch-size curves", "Provenance",
+              "Package versions", "Machines that ran the trials", "Measured or estimated"):
+        assert h in text, h
+    assert "features.0" in text  # a real layer of the real sensitivity
+    assert "unfused-qdq" in text and "QuantizeLinear" in text  # findings of the real lint
+    assert "nvidia-modelopt" in text and "NVIDIA L4" in text
+    assert "none in this run" not in text
+
+
+def test_empty_sections_say_none(tmp_path):
+    from l4opt.report import build_html
+
+    l4opt.sweep("digits-cnn", "baseline", tmp_path, progress=False)
+    text = build_html(tmp_path)
+    assert text.count("none in this run") == 2 and "none measured in this run" in text
+    assert "L4 latency ms, batch 1 (estimated)" in text
+    assert "every L4 latency here is estimated" in text
+
+
+def test_cli_report_and_bad_run_dir(report_run, tmp_path, capsys):
+    from l4opt.cli import main
+    from l4opt.errors import BadInput
     from l4opt.report import write_report
 
-    path = write_report(run)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        errors, dialogs = [], []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        page.goto(path.as_uri())
-        n = page.eval_on_selector_all(".js-plotly-plot", "els => els.length")
-        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n}")
-        rendered = page.eval_on_selector_all(
-            ".js-plotly-plot", "els => els.filter(e => e.querySelector('.main-svg')).length")
-        points = page.eval_on_selector_all(".js-plotly-plot .scatterlayer .point", "els => els.length")
-        imgs = page.eval_on_selector_all("img", "els => els.length")
-        body = page.inner_text("body")
-        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        browser.close()
-    assert n >= 2 and rendered == n
-    assert points >= 4
-    assert errors == [] and dialogs == [] and imgs == 0
-    assert XSS in body  # shown as text
+    out = tmp_path / "shared" / "digits.html"
+    assert main(["report", str(report_run), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 1_000_000
+    with pytest.raises(BadInput, match="no results.sqlite"):
+        write_report(tmp_path / "nothing-here")
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
+    assert not (tmp_path / "nothing-here").exists()  # nothing created on the way
 
 
-def test_dashboard_run_button_fills_chart_and_table(tmp_path):
-    from l4opt.widgets import Dashboard
+def test_report_records_its_size(report_html):
+    """The size of a digits-cnn report (kept as a test artifact for the issue's record)."""
+    import os
 
-    d = Dashboard(tmp_path, workload="minilm", recipes=["baseline"], background=False)
-    d.workload.value = "digits-cnn"
-    d.recipes.value = ("int8-max", "baseline")
-    d.calib.value = 256
-    d.budget.value = 0.999
-    d.run_button.click()
-    assert d.progress.value == 2 and "done" in d.status.value
-    est = [t for t in d.figure.data if t.name == "estimated L4 latency"]
-    assert est and len(est[0].x) == 2
-    assert d.table.value.count("</tr>") == 3  # header + 2 trials
-    assert "meets_budget" in d.table.value
-    key = est[0].customdata[0][2]
-    view = d.show_trial(key)
-    assert "latency_source" in view and "estimated-l4" in view
-    assert d.export_report().exists()
-
-
-def test_dashboard_reports_bad_input_in_the_status(tmp_path):
-    from l4opt.widgets import Dashboard
-
-    d = Dashboard(tmp_path, workload="digits-cnn", recipes=["int8"], background=False)
-    d.calib.value = 3
-    d.run_button.click()
-    assert "fewer than the 32 required" in d.status.value and not d.run_button.disabled
+    path, _ = report_html
+    d = Path(os.environ.get("L4OPT_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, d / "report.html")
+    (d / "report-size.txt").write_text(f"{path.stat().st_size} bytes\n")
