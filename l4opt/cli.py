@@ -45,7 +45,8 @@ def cmd_sweep(a) -> int:
         kwargs["calib_samples"] = a.calib_samples
     if a.eval_samples:
         kwargs["eval_samples"] = a.eval_samples
-    res = sweep(a.workload, a.recipes, a.out, force=a.force, progress=not a.json, **kwargs)
+    res = sweep(a.workload, a.recipes, a.out, force=a.force, progress=not a.json,
+                cluster=a.ray, **kwargs)
     if a.json:
         rows = [{k: v for k, v in r.items() if k != "traceback"} for r in res.rows]
         print(json.dumps(_jsonable({"run_dir": str(res.run_dir), "notes": res.notes,
@@ -62,6 +63,12 @@ def cmd_sweep(a) -> int:
             print(f"\nFAILED {r['recipe']}: {r.get('error')}", file=sys.stderr)
         print(f"\nresults: {res.run_dir}/results.sqlite")
     return 1 if res.failed else 0
+
+
+def _ray_arg(s) -> None:
+    s.add_argument("--ray", nargs="?", const="ray", default=None, metavar="ADDRESS",
+                   help="run on Ray: alone, a local Ray instance on this machine; with "
+                        "ray://HOST:PORT or HOST:PORT, join that cluster (needs l4opt[ray])")
 
 
 def cmd_list(a) -> int:
@@ -95,7 +102,7 @@ def cmd_sensitivity(a) -> int:
     from .searches import sensitivity
 
     res = sensitivity(a.workload, a.recipe, a.out, eval_samples=a.eval_samples,
-                      progress=not a.json)
+                      progress=not a.json, cluster=a.ray)
     d = res.to_dict()
     if a.json:
         _emit(d, True, "")
@@ -109,7 +116,7 @@ def cmd_search(a) -> int:
 
     budget = Budget(max_drop=a.max_drop, relative=a.relative, min_cosine=a.min_cosine)
     res = search(a.workload, a.recipe, budget, a.out, strategy=a.strategy,
-                 eval_samples=a.eval_samples, progress=not a.json)
+                 eval_samples=a.eval_samples, progress=not a.json, cluster=a.ray)
     d = res.to_dict()
     if a.json:
         _emit(d, True, "")
@@ -204,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="recompute cached trials")
     s.add_argument("--calib-samples", type=int, default=None)
     s.add_argument("--eval-samples", type=int, default=None)
+    _ray_arg(s)
     s.set_defaults(fn=cmd_sweep)
 
     for what in ("workloads", "recipes"):
@@ -216,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/default")
     s.add_argument("--eval-samples", type=int, default=None)
     s.add_argument("--json", action="store_true")
+    _ray_arg(s)
     s.set_defaults(fn=cmd_sensitivity)
 
     s = sub.add_parser("search", help="fastest mixed precision within an accuracy budget")
@@ -230,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/default")
     s.add_argument("--eval-samples", type=int, default=None)
     s.add_argument("--json", action="store_true")
+    _ray_arg(s)
     s.set_defaults(fn=cmd_search)
 
     s = sub.add_parser("lint", help="why isn't my engine faster? (TensorRT layer info + profile)")

@@ -156,14 +156,23 @@ def _harm(m: dict) -> float:
     return max(0.0, 1.0 - m["cos_mean"])
 
 
-def _sensitivity(cal: Calibrated, progress: bool) -> tuple[dict, list[dict]]:
+def _evaluate_layers(cal: Calibrated, progress: bool, cluster=None):
+    """(layer, only-this-layer, all-but-this-layer) in layer order, here or on Ray."""
     from tqdm.auto import tqdm
 
+    if cluster:
+        from .cluster import evaluate_layers
+
+        got = evaluate_layers(cal, cal.layers, cluster, progress)
+        return [(layer, *got[layer]) for layer in cal.layers]
+    return [(layer, cal.evaluate([layer]), cal.evaluate([x for x in cal.layers if x != layer]))
+            for layer in tqdm(cal.layers, desc="sensitivity", unit="layer", disable=not progress)]
+
+
+def _sensitivity(cal: Calibrated, progress: bool, cluster=None) -> tuple[dict, list[dict]]:
     full = cal.evaluate(cal.layers)
     rows = []
-    for layer in tqdm(cal.layers, desc="sensitivity", unit="layer", disable=not progress):
-        only = cal.evaluate([layer])
-        but = cal.evaluate([x for x in cal.layers if x != layer])
+    for layer, only, but in _evaluate_layers(cal, progress, cluster):
         rows.append({
             "layer": layer, "only_metric": only["metric"], "only_drop": only["metric_drop"],
             "only_cos_mean": only["cos_mean"], "only_cos_min": only["cos_min"],
@@ -185,15 +194,16 @@ def _sensitivity(cal: Calibrated, progress: bool) -> tuple[dict, list[dict]]:
     return full, rows
 
 
-def sensitivity(workload, recipe, run_dir=None, *, eval_samples=None,
-                progress: bool = True) -> SensitivityResult:
-    """Per layer: drift with only that layer quantized, and with all but that layer."""
+def sensitivity(workload, recipe, run_dir=None, *, eval_samples=None, progress: bool = True,
+                cluster=None) -> SensitivityResult:
+    """Per layer: drift with only that layer quantized, and with all but that layer.
+    `cluster` spreads the per-layer evaluations over Ray workers (see l4opt.cluster)."""
     w = load(workload) if isinstance(workload, str) else workload
     w.validate()
     r = get(recipe)
     t = time.perf_counter()
     cal = Calibrated(w, r, eval_samples or _default_eval(w), progress)
-    full, rows = _sensitivity(cal, progress)
+    full, rows = _sensitivity(cal, progress, cluster)
     res = SensitivityResult(w.name, r.name, cal.recipe.to_dict(), w.metric.name, cal.ref_metric,
                             full, rows, w.num_samples(cal.eval), time.perf_counter() - t)
     if r.path != "torch-ptq":
@@ -250,7 +260,8 @@ class SearchResult:
             "final_sweep_row": {k: v for k, v in (self.final_row or {}).items()
                                 if k in ("recipe", "metric", "metric_drop", "cos_mean",
                                          "sqnr_db", "drift_backend", "latency_ms",
-                                         "latency_source", "onnx_path", "status", "error")},
+                                         "latency_source", "onnx_path", "status", "error",
+                                         "executor", "worker")},
             "candidates": len(self.candidates),
         }
 
@@ -393,10 +404,9 @@ def onnx_exclusions(onnx_path, modules: list[str]) -> list[str]:
 
 
 def search(workload, recipe, budget: Budget, run_dir, *, strategy: str = "both",
-           eval_samples=None, progress: bool = True) -> SearchResult:
-    """The lowest-latency mixed precision that meets the budget, as a reusable recipe."""
-    from .sweeps import sweep
-
+           eval_samples=None, progress: bool = True, cluster=None) -> SearchResult:
+    """The lowest-latency mixed precision that meets the budget, as a reusable recipe.
+    `cluster` runs the per-layer sensitivity and the final trial on Ray."""
     if strategy not in ("both", "greedy", "auto_quantize"):
         raise BadInput(f"strategy {strategy!r}: choose both, greedy or auto_quantize")
     if not isinstance(budget, Budget):
@@ -404,12 +414,27 @@ def search(workload, recipe, budget: Budget, run_dir, *, strategy: str = "both",
     w = load(workload) if isinstance(workload, str) else workload
     w.validate()
     r = get(recipe)
+    if not cluster:
+        return _search(w, r, budget, run_dir, strategy, eval_samples, progress, None)
+    from .cluster import connect, disconnect
+
+    conn = connect(cluster)  # one Ray session for the sensitivity and the final trial
+    try:
+        return _search(w, r, budget, run_dir, strategy, eval_samples, progress, cluster)
+    finally:
+        disconnect(conn)
+
+
+def _search(w: Workload, r: Recipe, budget: Budget, run_dir, strategy, eval_samples, progress,
+            cluster) -> SearchResult:
+    from .sweeps import sweep
+
     store = Store(run_dir)
     cal = Calibrated(w, r, eval_samples or _default_eval(w), progress)
     ev = _Evaluator(cal, store, budget, w.fingerprint())
     strategies = {}
     if strategy in ("both", "greedy"):
-        _, sens = _sensitivity(cal, progress)
+        _, sens = _sensitivity(cal, progress, cluster)
         strategies["greedy"] = _greedy(ev, [s["layer"] for s in sens], progress)
     if strategy in ("both", "auto_quantize"):
         strategies["auto_quantize"] = _auto_quantize(ev)
@@ -441,7 +466,7 @@ def search(workload, recipe, budget: Budget, run_dir, *, strategy: str = "both",
     rdir.mkdir(parents=True, exist_ok=True)
     path = final.save(rdir / f"{final.name}.json")
     store.close()
-    swept = sweep(w, [str(path)], run_dir, progress=progress)
+    swept = sweep(w, [str(path)], run_dir, progress=progress, cluster=cluster)
     return SearchResult(w.name, final, str(path), budget, bool(met), message, chosen, rows,
                         strategies, swept.rows[0])
 

@@ -64,6 +64,18 @@ class _Context:
         self._base = None
         self.bar = None
 
+    def seed(self, reference: np.ndarray | None = None, base_onnx: bytes | None = None) -> None:
+        """Take the FP32 reference outputs and base export from the driver instead of
+        recomputing them (a worker of a cluster sweep)."""
+        if reference is not None:
+            w = self.workload
+            self._reference = (reference, w.metric(reference, reference, w.eval_labels))
+        if base_onnx is not None:
+            d = self.store.artifact_dir(content_key("base-fp32", SCHEMA_VERSION, self.fingerprint,
+                                                   self.versions))
+            (d / "model.fp32.onnx").write_bytes(base_onnx)
+            self._base = d / "model.fp32.onnx"
+
     def stage(self, recipe: str, stage: str) -> None:
         """Show the running stage of the current trial on the sweep's progress bar."""
         if self.bar is not None:
@@ -123,11 +135,16 @@ def sweep(workload="minilm", recipes=None, run_dir="runs/default", *, force: boo
 
     `workload` is a built-in name or a Workload; `recipes` names, files or Recipe objects
     (default: all built-in recipes); `run_dir` holds results.sqlite and the artifacts.
-    `cluster` is reserved for fanning trials out over a Ray cluster (not available yet).
+    `cluster` fans the trials out over Ray: "ray" starts a local Ray instance sized to this
+    machine, "ray://HOST:PORT" or "HOST:PORT" joins a cluster (see l4opt.cluster).
     """
     from tqdm.auto import tqdm
 
     recipe_list = resolve(recipes)  # unknown or L4-refused recipes fail before any work
+    if cluster:
+        from .cluster import parse_address
+
+        parse_address(cluster)
     w = load(workload, **workload_kwargs) if isinstance(workload, str) else workload
     if not isinstance(w, Workload):
         raise BadInput(f"workload must be a name or an l4opt.Workload, got {type(w).__name__}")
@@ -141,13 +158,20 @@ def sweep(workload="minilm", recipes=None, run_dir="runs/default", *, force: boo
         row = None if force else store.cached(key)
         if row is not None:
             done[key] = dict(row, cached=True)
-        else:
+        elif key not in {k for _, k in todo}:  # a recipe listed twice runs once
             todo.append((recipe, key))
-    if cluster:
-        store.close()
-        raise BadInput(f"cluster={cluster!r}: sweeps across a Ray cluster are not available in "
-                       f"this version of l4opt; run without cluster= (trials run here)")
-    else:
+    notes: list[str] = []
+    if cluster and todo:
+        from .cluster import run_trials
+
+        try:
+            for key, row in run_trials(ctx, todo, cluster, latency=latency, notes=notes,
+                                       total=len(recipe_list), initial=len(done)):
+                done[key] = dict(row, cached=False)
+        except BaseException:
+            store.close()
+            raise
+    elif todo:
         bar = ctx.bar = tqdm(todo, desc=f"sweep {w.name}", unit="trial", disable=not progress,
                              total=len(recipe_list), initial=len(done))
         for recipe, key in bar:
@@ -158,30 +182,36 @@ def sweep(workload="minilm", recipes=None, run_dir="runs/default", *, force: boo
             store.put(row)
             done[key] = dict(row, cached=False)
     rows = [done[ctx.key(r)] for r in recipe_list if ctx.key(r) in done]
-    notes = list(store.notes)
+    notes = list(store.notes) + notes
     store.close()
     return SweepResult(Path(run_dir), rows, notes)
 
 
 def run_isolated(workload: Workload, recipe: Recipe, key: str, scratch_dir, *,
-                 latency: bool = True, progress: bool = False) -> tuple[dict, dict[str, bytes]]:
+                 latency: bool = True, progress: bool = False, reference=None,
+                 base_onnx: bytes | None = None) -> tuple[dict, dict[str, bytes]]:
     """Run one trial in a scratch run directory (e.g. on a remote worker) and return its row
-    and artifact files (relative path -> bytes) for the driver to verify and store."""
+    and the files of its artifact directory (relative path -> bytes) for the driver to verify
+    and store. `reference` and `base_onnx` come from the driver when it has them."""
     store = Store(scratch_dir)
-    ctx = _Context(workload, store, progress)
-    row = run_trial(ctx, recipe, key)
-    if latency and row["status"] == "ok":
-        _add_latency(ctx, row)
-    files = {a["path"]: (store.run_dir / a["path"]).read_bytes()
-             for a in row.get("artifacts", {}).values()}
-    store.close()
+    try:
+        ctx = _Context(workload, store, progress)
+        ctx.seed(reference, base_onnx)
+        row = run_trial(ctx, recipe, key)
+        if latency and row["status"] == "ok":
+            _add_latency(ctx, row)
+        d = store.artifacts / key
+        files = {str(p.relative_to(store.run_dir)): p.read_bytes()
+                 for p in sorted(d.rglob("*")) if p.is_file() and p.name != "row.json"}
+    finally:
+        store.close()
     return row, files
 
 
-def run_trial(ctx: _Context, recipe: Recipe, key: str) -> dict:
-    """One trial; a failure becomes a row with status 'failed' and the error, never a crash."""
+def new_row(ctx: _Context, recipe: Recipe, key: str) -> dict:
+    """The identity part of a trial row: workload, recipe, data sizes, versions, machine."""
     w = ctx.workload
-    row = {
+    return {
         "key": key, "kind": "trial", "schema_version": SCHEMA_VERSION, "workload": w.name,
         "workload_fingerprint": ctx.fingerprint, "recipe": recipe.name,
         "recipe_config": recipe.to_dict(), "path": recipe.path, "format": recipe.format,
@@ -193,6 +223,12 @@ def run_trial(ctx: _Context, recipe: Recipe, key: str) -> dict:
         "versions": env.versions(), "machine": env.machine(), "created_at": _now(),
         "notes": [], "artifacts": {}, "timings_s": {},
     }
+
+
+def run_trial(ctx: _Context, recipe: Recipe, key: str) -> dict:
+    """One trial; a failure becomes a row with status 'failed' and the error, never a crash."""
+    w = ctx.workload
+    row = new_row(ctx, recipe, key)
     t0 = time.perf_counter()
     try:
         ref, ref_metric = ctx.reference()
@@ -347,3 +383,21 @@ def _add_latency(ctx: _Context, row: dict) -> None:
         return
     row.update(latency_ms=e1.total_ms, latency_batch=1, throughput_samples_s=eb.throughput_samples_s,
                throughput_batch=opt, latency_source=e1.source, latency_gpu="NVIDIA L4")
+    if env.has_tensorrt() and env.gpu() is not None:
+        _measure_latency(ctx, row, path)
+
+
+def _measure_latency(ctx: _Context, row: dict, path: Path) -> None:
+    """On a machine with TensorRT and a GPU, the engine's measured latency replaces the
+    estimate (kept as est_*); a failed build keeps the estimate and says why."""
+    from . import trt
+    from .workloads import cache_dir
+
+    try:
+        m = trt.measure_onnx(path, row["inputs"], row["batch_range"], cache_dir() / "engines",
+                             quantized_dtypes=row.get("quantized_dtypes") or ())
+    except L4OptError as exc:
+        row["notes"].append(f"engine stage failed ({exc}); the latency stays an ESTIMATE")
+        return
+    row.update(est_latency_ms=row["latency_ms"], est_latency_source=row["latency_source"],
+               est_throughput_samples_s=row["throughput_samples_s"], **m)

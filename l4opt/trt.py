@@ -419,3 +419,22 @@ def benchmark(engine_path, batch: int = 1, warmup_ms: float = WARMUP_MS,
 def batch_sweep(engine_path, batches=(1, 2, 4, 8, 16, 32, 64), **kw) -> list[dict]:
     """Latency and throughput per batch size: the latency-throughput curve of one engine."""
     return [benchmark(engine_path, batch=b, **kw) for b in batches]
+
+
+def measure_onnx(onnx_path, inputs: list[dict], batch_range, cache_dir, *, quantized_dtypes=(),
+                 dims: dict | None = None, duration_s: float = DURATION_S) -> dict:
+    """Build (or reuse) the engine of a trial's ONNX and time it at the smallest and at the
+    optimum batch: the latency fields of a trial row, measured on this GPU."""
+    lo, opt, hi = (int(b) for b in batch_range)
+    rec = build_engine(onnx_path, BuildSettings(batch=(lo, opt, hi), dims=dict(dims or {})),
+                       cache_dir, inputs, quantized_dtypes)
+    small = benchmark(rec.path, batch=lo, duration_s=duration_s)
+    best = benchmark(rec.path, batch=opt, duration_s=duration_s)
+    return {
+        "latency_ms": small["gpu_compute_ms"]["median"],
+        "latency_p99_ms": small["gpu_compute_ms"]["p99"], "latency_batch": lo,
+        "throughput_samples_s": best["throughput_samples_s"], "throughput_batch": opt,
+        "latency_source": small["source"], "latency_gpu": small["gpu"],
+        "engine": {**asdict(rec), "warnings": small["warnings"] + best["warnings"],
+                   "telemetry": small["telemetry"]},
+    }
