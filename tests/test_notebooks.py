@@ -106,18 +106,13 @@ def test_recipe_errors_name_the_problem(tmp_path, capsys):
 
     (tmp_path / "study.ipynb").write_text((REPO / "recipes" / "study.ipynb").read_text())
     bad = tmp_path / "bad.yaml"
-    bad.write_text("notebook: study.ipynb\nparameters: {wrkload: minilm}\n")
-    with pytest.raises(BadInput, match="wrkload"):
-        run_recipe(bad, tmp_path / "r")
-    bad.write_text("parameters: {}\n")
-    with pytest.raises(BadInput, match="needs a 'notebook'"):
-        run_recipe(bad, tmp_path / "r")
-    bad.write_text("notebook: nowhere.ipynb\n")
-    with pytest.raises(BadInput, match="not found"):
-        run_recipe(bad, tmp_path / "r")
-    bad.write_text("notebook: study.ipynb\nparameters: [1, 2]\n")
-    with pytest.raises(BadInput, match="mapping"):
-        run_recipe(bad, tmp_path / "r")
+    for text, says in (("notebook: study.ipynb\nparameters: {wrkload: minilm}\n", "wrkload"),
+                       ("parameters: {}\n", "needs a 'notebook'"),
+                       ("notebook: nowhere.ipynb\n", "not found"),
+                       ("notebook: study.ipynb\nparameters: [1, 2]\n", "mapping")):
+        bad.write_text(text)
+        with pytest.raises(BadInput, match=says):
+            run_recipe(bad, tmp_path / "r")
     # a failing cell is named like papermill names it: index, error name and value, source
     bad.write_text("notebook: study.ipynb\nparameters: {workload: no-such-workload}\n")
     with pytest.raises(StageFailed, match=r"cell \d+ .*BadInput.*no-such-workload") as info:
