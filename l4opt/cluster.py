@@ -147,7 +147,7 @@ def _trial_task(workload, recipe, key, driver_versions, reference, base_onnx, la
                          f"driver's ({differ}); install the same versions on every node"}, {}
     with tempfile.TemporaryDirectory(prefix="l4opt-trial-") as scratch:
         row, files = run_isolated(workload, recipe, key, scratch, latency=latency,
-                                  reference=reference, base_onnx=base_onnx)
+                                  reference=reference, base_onnx=base_onnx, measure=False)
     row["worker"] = _where()
     return row, files
 

@@ -189,17 +189,19 @@ def sweep(workload="minilm", recipes=None, run_dir="runs/default", *, force: boo
 
 def run_isolated(workload: Workload, recipe: Recipe, key: str, scratch_dir, *,
                  latency: bool = True, progress: bool = False, reference=None,
-                 base_onnx: bytes | None = None) -> tuple[dict, dict[str, bytes]]:
+                 base_onnx: bytes | None = None,
+                 measure: bool = True) -> tuple[dict, dict[str, bytes]]:
     """Run one trial in a scratch run directory (e.g. on a remote worker) and return its row
     and the files of its artifact directory (relative path -> bytes) for the driver to verify
-    and store. `reference` and `base_onnx` come from the driver when it has them."""
+    and store. `reference` and `base_onnx` come from the driver when it has them; `measure`
+    False leaves the engine stage to a GPU task elsewhere."""
     store = Store(scratch_dir)
     try:
         ctx = _Context(workload, store, progress)
         ctx.seed(reference, base_onnx)
         row = run_trial(ctx, recipe, key)
         if latency and row["status"] == "ok":
-            _add_latency(ctx, row)
+            _add_latency(ctx, row, measure)
         d = store.artifacts / key
         files = {str(p.relative_to(store.run_dir)): p.read_bytes()
                  for p in sorted(d.rglob("*")) if p.is_file() and p.name != "row.json"}
@@ -364,7 +366,7 @@ def _count_quantized_ops(path: Path) -> int:
                and any(i in dq for i in n.input))
 
 
-def _add_latency(ctx: _Context, row: dict) -> None:
+def _add_latency(ctx: _Context, row: dict, measure: bool = True) -> None:
     """L4 latency for the trial: an estimate from the Q/DQ graph (labelled as such)."""
     try:
         from .estimate import estimate_onnx
@@ -383,7 +385,7 @@ def _add_latency(ctx: _Context, row: dict) -> None:
         return
     row.update(latency_ms=e1.total_ms, latency_batch=1, throughput_samples_s=eb.throughput_samples_s,
                throughput_batch=opt, latency_source=e1.source, latency_gpu="NVIDIA L4")
-    if env.has_tensorrt() and env.gpu() is not None:
+    if measure and env.has_tensorrt() and env.gpu() is not None:
         _measure_latency(ctx, row, path)
 
 

@@ -104,3 +104,13 @@ def test_benchmark_reports_trtexec_statistics_and_telemetry(digits_int8, tmp_pat
     assert r["telemetry"]["samples"] > 0 and r["telemetry"]["power_limit_w"] > 0
     curve = trt.batch_sweep(rec.path, batches=(1, 8), duration_s=0.3)
     assert [c["batch"] for c in curve] == [1, 8]
+
+
+@pytest.mark.gpu
+def test_sweep_on_a_gpu_measures_the_engine_and_keeps_the_estimate(tmp_path):
+    res = l4opt.sweep("digits-cnn", ["baseline", "int8-max"], tmp_path, progress=False)
+    for row in res.rows:
+        assert row["status"] == "ok"
+        assert row["latency_source"].startswith("measured-") and row["latency_ms"] > 0
+        assert row["est_latency_source"] == "estimated-l4" and row["est_latency_ms"] > 0
+        assert row["engine"]["settings"]["strongly_typed"] is True
