@@ -71,6 +71,17 @@ def _ray_arg(s) -> None:
                         "ray://HOST:PORT or HOST:PORT, join that cluster (needs l4opt[ray])")
 
 
+def _layer_args(s):
+    """What sensitivity and search share: workload, recipe, run dir, sample count, JSON, Ray."""
+    s.add_argument("workload")
+    s.add_argument("--recipe", required=True)
+    s.add_argument("--out", default="runs/default")
+    s.add_argument("--eval-samples", type=int, default=None)
+    s.add_argument("--json", action="store_true")
+    _ray_arg(s)
+    return s
+
+
 def cmd_list(a) -> int:
     from . import recipes, workloads
 
@@ -218,28 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(what, help=f"list the built-in {what}")
         s.set_defaults(fn=cmd_list, what=what)
 
-    s = sub.add_parser("sensitivity", help="per-layer drift: only this layer / all but this layer")
-    s.add_argument("workload")
-    s.add_argument("--recipe", required=True)
-    s.add_argument("--out", default="runs/default")
-    s.add_argument("--eval-samples", type=int, default=None)
-    s.add_argument("--json", action="store_true")
-    _ray_arg(s)
+    s = _layer_args(sub.add_parser("sensitivity",
+                                   help="per-layer drift: only this layer / all but this layer"))
     s.set_defaults(fn=cmd_sensitivity)
 
-    s = sub.add_parser("search", help="fastest mixed precision within an accuracy budget")
-    s.add_argument("workload")
-    s.add_argument("--recipe", required=True)
+    s = _layer_args(sub.add_parser("search",
+                                   help="fastest mixed precision within an accuracy budget"))
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--max-drop", type=float, help="largest allowed drop of the task metric")
     g.add_argument("--min-cosine", type=float, help="smallest allowed mean cosine")
     s.add_argument("--relative", action="store_true", help="--max-drop is a fraction of the "
                    "unquantized metric")
     s.add_argument("--strategy", default="both", choices=["both", "greedy", "auto_quantize"])
-    s.add_argument("--out", default="runs/default")
-    s.add_argument("--eval-samples", type=int, default=None)
-    s.add_argument("--json", action="store_true")
-    _ray_arg(s)
     s.set_defaults(fn=cmd_search)
 
     s = sub.add_parser("lint", help="why isn't my engine faster? (TensorRT layer info + profile)")

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from . import env
 from .errors import BadInput, StageFailed
+from .store import atomic_write
 
 MAX_RETRIES = 2      # a worker process that dies mid-task is retried this many times
 L4 = "L4"            # Ray's accelerator type of the NVIDIA L4 (ray.util.accelerators.NVIDIA_L4)
 L4_RESOURCE = f"accelerator_type:{L4}"
-ENGINE_DURATION_S = 3.0
 
 
 def _ray():
@@ -36,7 +36,6 @@ class Connection:
     started_here: bool
     nodes: int
     cpus: float
-    gpus: float
     l4_gpus: float
     connect_s: float
 
@@ -84,7 +83,7 @@ def connect(cluster) -> Connection:
     res = ray.cluster_resources()
     alive = [n for n in ray.nodes() if n.get("Alive")]
     conn = Connection(address or "local", started, len(alive), res.get("CPU", 0.0),
-                      res.get("GPU", 0.0), _l4_gpus(alive), round(time.perf_counter() - t, 3))
+                      _l4_gpus(alive), round(time.perf_counter() - t, 3))
     if conn.cpus < 1:
         disconnect(conn)
         raise BadInput(f"the Ray cluster at {conn.address} has no CPUs to run trials on")
@@ -161,8 +160,7 @@ def _engine_task(onnx_bytes: bytes, inputs, batch_range, quantized_dtypes, dims)
             path = Path(d) / "model.onnx"
             path.write_bytes(onnx_bytes)
             out = trt.measure_onnx(path, inputs, batch_range, cache_dir() / "engines",
-                                   quantized_dtypes=quantized_dtypes, dims=dims,
-                                   duration_s=ENGINE_DURATION_S)
+                                   quantized_dtypes=quantized_dtypes, dims=dims)
     except Exception as exc:  # reported with the node it happened on; the row keeps its estimate
         return {"error": f"{type(exc).__name__}: {exc}", "worker": _where()}
     out["worker"] = _where()
@@ -192,8 +190,6 @@ def run_trials(ctx, todo, cluster, *, latency: bool, notes: list, total: int, in
     """Run the (recipe, key) trials on Ray; yield (key, row) as the driver stores each one."""
     from tqdm.auto import tqdm
 
-    from .sweeps import new_row
-
     ray = _ray()
     conn = connect(cluster)
     try:
@@ -219,7 +215,7 @@ def run_trials(ctx, todo, cluster, *, latency: bool, notes: list, total: int, in
             ref = ready[0]
             if ref in pending:
                 recipe, key = pending.pop(ref)
-                row = _collect(ray, ref, ctx, recipe, key, new_row)
+                row = _collect(ray, ref, ctx, recipe, key)
                 if measure and row["status"] == "ok":
                     onnx = (ctx.store.run_dir / row["onnx_path"]).read_bytes()
                     engines[engine.options(name=f"l4opt engine {recipe.name}", num_cpus=1,
@@ -239,23 +235,23 @@ def run_trials(ctx, todo, cluster, *, latency: bool, notes: list, total: int, in
         disconnect(conn)
 
 
-def _collect(ray, ref, ctx, recipe, key, new_row) -> dict:
+def _collect(ray, ref, ctx, recipe, key) -> dict:
     """The worker's row with its artifacts written under the run dir after a hash check; a
     task that raised or whose worker kept dying becomes a failed row."""
     try:
         row, files = ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
-        return _failed(ctx, recipe, key, new_row, _error_text(exc))
+        return _failed(ctx, recipe, key, _error_text(exc))
     except ray.exceptions.RayError as exc:
-        return _failed(ctx, recipe, key, new_row,
+        return _failed(ctx, recipe, key,
                        f"the Ray worker running this trial died {MAX_RETRIES + 1} times "
                        f"({type(exc).__name__}); last: {str(exc).strip().splitlines()[0]}")
     if "key" not in row:
-        return _failed(ctx, recipe, key, new_row, row["error"])
+        return _failed(ctx, recipe, key, row["error"])
     for name, art in row.get("artifacts", {}).items():
         data = files.get(art["path"])
         if data is None or _sha256(data) != art["sha256"]:
-            return _failed(ctx, recipe, key, new_row,
+            return _failed(ctx, recipe, key,
                            f"artifact {name} ({art['path']}) arrived "
                            f"{'missing' if data is None else 'corrupted (hash mismatch)'} "
                            f"from {row.get('worker', {}).get('host')}")
@@ -263,17 +259,16 @@ def _collect(ray, ref, ctx, recipe, key, new_row) -> dict:
     for rel, data in files.items():
         dest = (root / rel).resolve()
         if root not in dest.parents:
-            return _failed(ctx, recipe, key, new_row, f"worker sent a file outside the run "
-                                                      f"directory: {rel}")
+            return _failed(ctx, recipe, key, f"worker sent a file outside the run directory: {rel}")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        atomic_write(dest, data)
     row["executor"] = "ray"
     return row
 
 
-def _failed(ctx, recipe, key, new_row, error: str) -> dict:
+def _failed(ctx, recipe, key, error: str) -> dict:
+    from .sweeps import new_row
+
     row = new_row(ctx, recipe, key)
     row.update(status="failed", error=error, executor="ray")
     return row
@@ -292,10 +287,10 @@ def _apply_engine(ray, ref, row: dict) -> None:
                             f"({m['error']}); the latency stays an ESTIMATE")
         row["engine_worker"] = m["worker"]
         return
-    if row.get("latency_ms") is not None:
-        row.update(est_latency_ms=row["latency_ms"], est_latency_source=row.get("latency_source"),
-                   est_throughput_samples_s=row.get("throughput_samples_s"))
-    row.update({k: v for k, v in m.items() if k != "worker"}, engine_worker=m["worker"])
+    from .sweeps import apply_measured
+
+    row["engine_worker"] = m.pop("worker")
+    apply_measured(row, m)
 
 
 def evaluate_layers(cal, layers, cluster, progress: bool = True) -> dict:

@@ -26,7 +26,8 @@ def content_key(*parts) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file so that a reader never sees it half-written."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -110,7 +111,7 @@ class Store:
     def put(self, row: dict) -> None:
         """Record a finished (or failed) trial: row.json first, then the database."""
         d = self.artifact_dir(row["key"])
-        _atomic_write(d / "row.json", json.dumps(row, indent=1, default=_json_default).encode())
+        atomic_write(d / "row.json", json.dumps(row, indent=1, default=_json_default).encode())
         self._insert(row)
 
     def update(self, key: str, **fields) -> dict:

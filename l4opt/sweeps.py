@@ -161,29 +161,27 @@ def sweep(workload="minilm", recipes=None, run_dir="runs/default", *, force: boo
         elif key not in {k for _, k in todo}:  # a recipe listed twice runs once
             todo.append((recipe, key))
     notes: list[str] = []
-    if cluster and todo:
-        from .cluster import run_trials
+    try:
+        if cluster and todo:
+            from .cluster import run_trials
 
-        try:
             for key, row in run_trials(ctx, todo, cluster, latency=latency, notes=notes,
                                        total=len(recipe_list), initial=len(done)):
                 done[key] = dict(row, cached=False)
-        except BaseException:
-            store.close()
-            raise
-    elif todo:
-        bar = ctx.bar = tqdm(todo, desc=f"sweep {w.name}", unit="trial", disable=not progress,
-                             total=len(recipe_list), initial=len(done))
-        for recipe, key in bar:
-            ctx.stage(recipe.name, "start")
-            row = run_trial(ctx, recipe, key)
-            if latency and row["status"] == "ok":
-                _add_latency(ctx, row)
-            store.put(row)
-            done[key] = dict(row, cached=False)
+        elif todo:
+            bar = ctx.bar = tqdm(todo, desc=f"sweep {w.name}", unit="trial",
+                                 disable=not progress, total=len(recipe_list), initial=len(done))
+            for recipe, key in bar:
+                ctx.stage(recipe.name, "start")
+                row = run_trial(ctx, recipe, key)
+                if latency and row["status"] == "ok":
+                    _add_latency(ctx, row)
+                store.put(row)
+                done[key] = dict(row, cached=False)
+        notes = list(store.notes) + notes
+    finally:
+        store.close()
     rows = [done[ctx.key(r)] for r in recipe_list if ctx.key(r) in done]
-    notes = list(store.notes) + notes
-    store.close()
     return SweepResult(Path(run_dir), rows, notes)
 
 
@@ -401,5 +399,12 @@ def _measure_latency(ctx: _Context, row: dict, path: Path) -> None:
     except L4OptError as exc:
         row["notes"].append(f"engine stage failed ({exc}); the latency stays an ESTIMATE")
         return
-    row.update(est_latency_ms=row["latency_ms"], est_latency_source=row["latency_source"],
-               est_throughput_samples_s=row["throughput_samples_s"], **m)
+    apply_measured(row, m)
+
+
+def apply_measured(row: dict, measured: dict) -> None:
+    """A measured engine latency takes the latency columns; the estimate moves to est_*."""
+    if row.get("latency_ms") is not None:
+        row.update(est_latency_ms=row["latency_ms"], est_latency_source=row.get("latency_source"),
+                   est_throughput_samples_s=row.get("throughput_samples_s"))
+    row.update(measured)
