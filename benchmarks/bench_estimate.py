@@ -26,7 +26,7 @@ def best_of(fn, n=5) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--onnx", help="a Q/DQ ONNX (default: minilm int8 from a fresh sweep)")
-    ap.add_argument("--fixtures", default=str(REPO.parent / "shared" / "fixtures" / "trtexec"))
+    ap.add_argument("--fixtures", default=str(REPO / "tests" / "fixtures" / "trtexec"))
     a = ap.parse_args()
     import l4opt
     from l4opt import engine_report, estimate

@@ -1,7 +1,6 @@
-"""Shared test fixtures: where the real trtexec exports live, and GPU test gating."""
+"""Shared test fixtures: the real trtexec exports the repo carries, and GPU test gating."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -9,17 +8,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _fixtures_dir() -> Path:
-    env = os.environ.get("L4OPT_TRTEXEC_FIXTURES")
-    return Path(env) if env else REPO.parent / "shared" / "fixtures" / "trtexec"
+FIXTURES = REPO / "tests" / "fixtures" / "trtexec"  # carried by the repo (see its README)
 
 
 @pytest.fixture(scope="session")
 def trtexec_dir() -> Path:
-    d = _fixtures_dir()
-    if not (d / "mobilenet.qat.onnx.engine.graph.json").exists():
-        pytest.fail(f"trtexec fixtures not found at {d}; set L4OPT_TRTEXEC_FIXTURES")
-    return d
+    if not (FIXTURES / "mobilenet.qat.onnx.engine.graph.json").exists():
+        pytest.fail(f"trtexec fixtures missing from the repo at {FIXTURES}")
+    return FIXTURES
 
 
 def pytest_collection_modifyitems(config, items):
