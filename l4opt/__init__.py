@@ -20,7 +20,8 @@ _LAZY = {
 }
 _SUBMODULES = {"workloads", "recipes", "errors", "env", "store", "drift", "export", "quantize",
                "runners", "estimate", "engine_report", "bench", "trt", "bundle", "plots",
-               "widgets", "report", "cli", "sweeps", "searches"}
+               "widgets", "report", "cli", "sweeps", "searches", "shapes", "names", "trial", "costmodel", "mixed", "tables", "userload",
+               "qdq", "cluster", "execute"}
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

@@ -34,12 +34,6 @@ def latency_stats(times_ms) -> dict:
     return out
 
 
-def throughput(latency_ms: float, batch: int = 1, streams: int = 1) -> dict:
-    """Queries/s and samples/s for back-to-back inference at this latency."""
-    qps = streams * 1000.0 / latency_ms if latency_ms > 0 else float("nan")
-    return {"throughput_qps": qps, "throughput_samples_s": qps * batch}
-
-
 def stability_warnings(gpu_compute_ms, enqueue_ms=None) -> list[str]:
     """trtexec's two warnings: unstable GPU time, and an enqueue-bound (host-bound) run."""
     warns = []

@@ -19,7 +19,8 @@ MANIFEST = "manifest.json"
 _HEADER = """#!/usr/bin/env bash
 # Built by l4opt {version}. Run on the target GPU (an NVIDIA L4) with TensorRT's trtexec on PATH
 # or TRTEXEC=/path/to/trtexec. Builds one strongly typed engine per trial (precision from the
-# Q/DQ nodes), profiles it and times it at each batch size; results land in results/<trial>/.
+# Q/DQ nodes), profiles it and times it at each batch size; results land in results/<trial>/,
+# with the exact trtexec arguments of every run (*.args) and trtexec's version.
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
 TRTEXEC="${{TRTEXEC:-trtexec}}"
@@ -30,57 +31,160 @@ fi
 mkdir -p results
 nvidia-smi --query-gpu=name,compute_cap,driver_version,clocks.max.sm,power.limit \\
   --format=csv > results/gpu.csv 2>/dev/null || echo "nvidia-smi unavailable" > results/gpu.csv
-STRONG=""
-if "$TRTEXEC" --help 2>&1 | grep -q -- "--stronglyTyped"; then
-  STRONG="--stronglyTyped"   # TensorRT 10; TensorRT 11 builds strongly typed only
+
+# trtexec's help, captured once: piping it into `grep -q` under pipefail can kill trtexec with
+# SIGPIPE and silently drop a flag. Its first line names the version: [TensorRT v101300].
+HELP="$("$TRTEXEC" --help 2>&1)" || true
+TRT_VERSION=0
+if [[ $HELP =~ \\[TensorRT\\ v([0-9]+)\\] ]]; then
+  TRT_VERSION="${{BASH_REMATCH[1]}}"
 fi
+TRT_MAJOR=$((TRT_VERSION / 10000))
+printf '%s\\n' "$TRT_VERSION" > results/trtexec_version.txt
+
+has_flag() {{  # listed by this trtexec's --help and not marked [Deprecated] there
+  local line
+  while IFS= read -r line; do
+    case "$line" in
+      "  $1 "* | "  $1="* | "  $1")
+        [[ $line != *"[Deprecated]"* ]]
+        return
+        ;;
+    esac
+  done <<< "$HELP"
+  return 1
+}}
+
+BUILD_FLAGS=()
+TIME_FLAGS=()
+if ((TRT_MAJOR < 11)); then
+  # TensorRT 10 needs --stronglyTyped for precision from Q/DQ; TensorRT 11 builds strongly
+  # typed only and made these flags deprecated no-ops (their behaviour is its default).
+  if has_flag --stronglyTyped; then
+    BUILD_FLAGS+=(--stronglyTyped)
+  else
+    echo "warning: this trtexec has no --stronglyTyped; engines are weakly typed" >&2
+  fi
+  for f in --noDataTransfers --useCudaGraph --useSpinWait; do
+    if has_flag "$f"; then TIME_FLAGS+=("$f"); fi
+  done
+  if has_flag --separateProfileRun; then BUILD_FLAGS+=(--separateProfileRun); fi
+fi
+CACHE="results/timing-trt$TRT_VERSION.cache"  # tactic timings are per TensorRT version
 : > results/failed.txt
 
 run_trial() {{
-  # shapes_min is a template: @B@ stands for the batch axis
-  local id="$1" shapes_min="$2" shapes_opt="$3" shapes_max="$4"; shift 4
+  # args: id opt_level workspace_MiB min opt max run latency_batch batches...
+  # (run is a shape spec template: @B@ stands for the batch; empty specs = static shapes)
+  local id="$1" opt_level="$2" ws="$3" smin="$4" sopt="$5" smax="$6" srun="$7" lb="$8"
+  shift 8
   local dir="results/$id" eng="results/$id/$id.engine"
   mkdir -p "$dir"
-  if ! "$TRTEXEC" --onnx="onnx/$id.onnx" --saveEngine="$eng" $STRONG \\
-      --builderOptimizationLevel={opt_level} --memPoolSize=workspace:{workspace}M \\
-      --timingCacheFile=results/timing.cache \\
-      --minShapes="${{shapes_min//@B@/{min_batch}}}" --optShapes="$shapes_opt" \\
-      --maxShapes="$shapes_max" --shapes="${{shapes_min//@B@/1}}" \\
-      --noDataTransfers --useCudaGraph --separateProfileRun --useSpinWait \\
-      --profilingVerbosity=detailed --warmUp=200 --duration=3 \\
-      --exportTimes="$eng.timing.json" --exportProfile="$eng.profile.json" \\
-      --exportLayerInfo="$eng.graph.json" > "$dir/trtexec.log" 2>&1; then
+  local cmd=("$TRTEXEC" --onnx="onnx/$id.onnx" --saveEngine="$eng"
+    ${{BUILD_FLAGS[@]+"${{BUILD_FLAGS[@]}}"}} ${{TIME_FLAGS[@]+"${{TIME_FLAGS[@]}}"}}
+    --builderOptimizationLevel="$opt_level" --memPoolSize=workspace:"$ws"M
+    --timingCacheFile="$CACHE" --profilingVerbosity=detailed --warmUp=200 --duration=3
+    --exportTimes="$eng.timing.json" --exportProfile="$eng.profile.json"
+    --exportLayerInfo="$eng.graph.json")
+  if [[ -n $smin ]]; then
+    cmd+=(--minShapes="$smin" --optShapes="$sopt" --maxShapes="$smax" --shapes="${{srun//@B@/$lb}}")
+  fi
+  printf '%s\\n' "${{cmd[@]:1}}" > "$dir/build.args"
+  if ! "${{cmd[@]}}" > "$dir/trtexec.log" 2>&1; then
     echo "$id build" >> results/failed.txt
     return
   fi
-  local b shapes
+  [[ -n $srun ]] || return 0  # static shapes: the build run timed the only batch
+  local b
   for b in "$@"; do
-    shapes="${{shapes_min//@B@/$b}}"
-    "$TRTEXEC" --loadEngine="$eng" --shapes="$shapes" --noDataTransfers --useCudaGraph \\
-      --useSpinWait --warmUp=200 --duration=3 --exportTimes="$eng.b$b.timing.json" \\
-      > "$dir/trtexec.b$b.log" 2>&1 || echo "$id batch $b" >> results/failed.txt
+    cmd=("$TRTEXEC" --loadEngine="$eng" --shapes="${{srun//@B@/$b}}"
+      ${{TIME_FLAGS[@]+"${{TIME_FLAGS[@]}}"}} --warmUp=200 --duration=3
+      --exportTimes="$eng.b$b.timing.json")
+    printf '%s\\n' "${{cmd[@]:1}}" > "$dir/b$b.args"
+    "${{cmd[@]}}" > "$dir/trtexec.b$b.log" 2>&1 || echo "$id batch $b" >> results/failed.txt
   done
 }}
 """
 
 
-def _shape_arg(shapes: dict[str, list]) -> str:
-    return ",".join(f"{n}:{'x'.join(str(d) for d in s)}" for n, s in shapes.items())
+def trial_plan(t: dict, settings: BuildSettings) -> dict:
+    """Profile shapes, run-shape template, latency batch and batch list of one trial.
+
+    The batch range comes from the trial (else settings.batch); named non-batch axes take
+    the values the trial recorded in `shapes` (else settings.dims); the latency run uses the
+    trial's `latency_batch`, kept inside the profile.
+    """
+    from .trt import clip_batch, dims_from_shapes, shapes_arg
+
+    lo, opt, hi = (int(b) for b in (t.get("batch_range") or settings.batch))
+    dims = {**settings.dims, **dims_from_shapes(t["inputs"], t.get("shapes"))}
+    s = BuildSettings(**{**settings.to_dict(), "batch": (lo, opt, hi), "dims": dims})
+    dyn = [i for i in t["inputs"] if any(not (isinstance(d, int) and d > 0) for d in i["shape"])]
+    prof = s.shapes(dyn)
+    lb = clip_batch(t.get("latency_batch") or lo, lo, hi)
+    template = {}
+    for i in dyn:
+        mn = prof[i["name"]][0]
+        batched = not (isinstance(i["shape"][0], int) and i["shape"][0] > 0)
+        template[i["name"]] = (["@B@"] if batched else [mn[0]]) + list(mn[1:])
+    return {"min": shapes_arg({n: p[0] for n, p in prof.items()}),
+            "opt": shapes_arg({n: p[1] for n, p in prof.items()}),
+            "max": shapes_arg({n: p[2] for n, p in prof.items()}),
+            "run": shapes_arg(template), "latency_batch": lb, "batch_range": [lo, opt, hi],
+            "batches": sorted({lb, lo, opt, hi}) if dyn else [lb], "dims": dims,
+            "opt_level": s.opt_level, "workspace_mib": s.workspace_mib}
+
+
+def _tensors(graph):
+    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _tensors(g)
+
+
+def copy_onnx(src: Path, dst: Path) -> list[str]:
+    """Copy a graph and its external-weight files under dst's name, rewriting each tensor's
+    `location` to the new file names (TensorRT's parser opens them by that name)."""
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    renamed: dict[str, str] = {}
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        for e in tensor.external_data:
+            if e.key == "location":
+                if e.value not in renamed:
+                    f = src.parent / e.value
+                    if not f.exists():
+                        raise BadInput(f"{src}: external weights {e.value!r} not found beside it")
+                    new = f"{dst.name}.data" if not renamed else f"{dst.name}.{len(renamed)}.data"
+                    shutil.copyfile(f, dst.parent / new)
+                    renamed[e.value] = new
+                e.value = renamed[e.value]
+    if renamed:
+        onnx.save(model, str(dst))
+    else:
+        shutil.copyfile(src, dst)
+    return sorted(renamed.values())
 
 
 def write_bundle(trials, out_dir, settings: BuildSettings | None = None) -> Path:
     """Copy each trial's ONNX into out_dir/onnx, write the manifest and the trtexec script.
 
     trials: dicts with trial_id, onnx_path and inputs ([{name, shape, dtype}], dynamic axes
-    named); settings.batch gives min/opt/max of the batch axis.
+    named), and optionally batch_range, shapes ({input: dims} the trial ran at) and
+    latency_batch; settings gives the builder options and the defaults.
     """
     settings = settings or BuildSettings()
     out = Path(out_dir)
     (out / "onnx").mkdir(parents=True, exist_ok=True)
-    lines, entries = [_HEADER.format(version=__version__, opt_level=settings.opt_level,
-                                     workspace=settings.workspace_mib,
-                                     min_batch=settings.batch[0])], []
-    batches = sorted({1, *settings.batch})
+    lines, entries = [_HEADER.format(version=__version__)], []
     for t in trials:
         tid = str(t["trial_id"])
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", tid):
@@ -88,17 +192,18 @@ def write_bundle(trials, out_dir, settings: BuildSettings | None = None) -> Path
         src = Path(t["onnx_path"])
         if not src.exists():
             raise BadInput(f"trial {tid}: ONNX file {src} not found; re-run the sweep")
-        shutil.copyfile(src, out / "onnx" / f"{tid}.onnx")
-        if Path(str(src) + ".data").exists():  # external weights travel with the graph
-            shutil.copyfile(str(src) + ".data", out / "onnx" / f"{tid}.onnx.data")
-        mins, opts, maxs = zip(*[settings.shapes([i])[i["name"]] for i in t["inputs"]])
-        names = [i["name"] for i in t["inputs"]]
-        template = {n: ["@B@"] + list(m[1:]) for n, m in zip(names, mins)}
-        lines.append("run_trial " + " ".join(shlex.quote(x) for x in [
-            tid, _shape_arg(template), _shape_arg(dict(zip(names, opts))),
-            _shape_arg(dict(zip(names, maxs)))]) + " " + " ".join(str(b) for b in batches))
+        try:
+            plan = trial_plan(t, settings)
+        except BadInput as exc:
+            raise BadInput(f"trial {tid}: {exc}") from exc
+        weights = copy_onnx(src, out / "onnx" / f"{tid}.onnx")
+        lines.append("run_trial " + " ".join(shlex.quote(str(x)) for x in [
+            tid, plan["opt_level"], plan["workspace_mib"], plan["min"], plan["opt"],
+            plan["max"], plan["run"], plan["latency_batch"], *plan["batches"]]))
         entries.append({k: t.get(k) for k in ("trial_id", "workload", "recipe", "inputs")}
-                       | {"onnx_sha256": t.get("onnx_sha256")})
+                       | {"onnx_sha256": t.get("onnx_sha256"), "external_weights": weights,
+                          **{k: plan[k] for k in ("batch_range", "latency_batch", "batches",
+                                                  "dims", "min", "opt", "max")}})
     lines.append('if [ -s results/failed.txt ]; then echo "some steps failed:"; '
                  'cat results/failed.txt; exit 1; fi')
     lines.append('echo "done: copy this folder back and run: l4opt import RUN_DIR BUNDLE_DIR"')
@@ -106,9 +211,18 @@ def write_bundle(trials, out_dir, settings: BuildSettings | None = None) -> Path
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)
     (out / MANIFEST).write_text(json.dumps({
-        "l4opt_version": __version__, "settings": settings.to_dict(), "batches": batches,
-        "trials": entries}, indent=1))
+        "l4opt_version": __version__, "settings": settings.to_dict(), "trials": entries},
+        indent=1))
     return out
+
+
+def _version_string(v: int) -> str:
+    """NV_TENSORRT_VERSION (major*10000 + minor*100 + patch) -> '10.16.0'."""
+    return f"{v // 10000}.{v // 100 % 100}.{v % 100}" if v else "unknown"
+
+
+def _args(path: Path) -> list[str] | None:
+    return path.read_text().splitlines() if path.exists() else None
 
 
 def _gpu_name(res_dir: Path, trial_dir: Path) -> str | None:
@@ -127,9 +241,9 @@ def _gpu_name(res_dir: Path, trial_dir: Path) -> str | None:
 
 def read_bundle(bundle_dir) -> list[dict]:
     """One row per manifest trial: measured latency from trtexec's per-iteration times, or
-    status 'missing' with the reason."""
-    from .bench import latency_stats, stability_warnings, throughput
-    from .engine_report import read_timing, timed_iterations
+    status 'missing' with the reason; each row says which trtexec ran with which flags."""
+    from .bench import latency_stats, stability_warnings
+    from .engine_report import read_timing, timed_iterations, walltime_throughput
 
     b = Path(bundle_dir)
     try:
@@ -143,8 +257,14 @@ def read_bundle(bundle_dir) -> list[dict]:
         if strays:
             raise BadInput(f"results for trials not in the manifest: {strays}; was the bundle "
                            f"mixed with another one?")
+    vfile = res / "trtexec_version.txt"
+    try:
+        version = _version_string(int(vfile.read_text().split()[0])) if vfile.exists() else None
+    except (ValueError, IndexError):
+        version = None
     rows = []
-    for tid in ids:
+    for entry in manifest["trials"]:
+        tid = entry["trial_id"]
         d = res / tid
         eng = d / f"{tid}.engine"
         timing = Path(str(eng) + ".timing.json")
@@ -155,29 +275,42 @@ def read_bundle(bundle_dir) -> list[dict]:
             continue
         try:
             t = timed_iterations(read_timing(timing))
+            if not len(t):
+                raise BadInput(f"{timing} holds no timed iterations after the warm-up")
         except BadInput as exc:
             rows.append({"trial_id": tid, "status": "missing", "reason": str(exc)})
             continue
+        lb = int(entry.get("latency_batch") or 1)
         gpu = _gpu_name(res, d) or "unknown GPU"
         g = latency_stats(t["computeMs"])
         lat = latency_stats(t["latencyMs"]) if "latencyMs" in t else g
         enq = (t["endEnqMs"] - t["startEnqMs"]) if {"endEnqMs", "startEnqMs"} <= set(t) else None
+        thr = walltime_throughput(t)
         curve = []
-        for bt in manifest.get("batches", []):
+        for bt in entry.get("batches") or manifest.get("batches", []):
             f = Path(f"{eng}.b{bt}.timing.json")
             if f.exists():
-                s = latency_stats(timed_iterations(read_timing(f))["computeMs"])
+                tb = timed_iterations(read_timing(f))
+                if not len(tb):
+                    continue
+                s = latency_stats(tb["computeMs"])
+                w = walltime_throughput(tb)
                 curve.append({"batch": bt, "latency_ms_median": s["median"], "p99": s["p99"],
-                              **throughput(s["median"], bt)})
+                              "throughput_qps": w["throughput_qps"],
+                              "throughput_samples_s": w["throughput_qps"] * bt,
+                              "trtexec_args": _args(d / f"b{bt}.args")})
         rows.append({
             "trial_id": tid, "status": "ok", "gpu": gpu, "latency_source": source_label(gpu),
+            "latency_batch": lb,
             "latency_ms_median": g["median"], "latency_ms_mean": g["mean"],
             "latency_ms_min": g["min"], "latency_ms_max": g["max"], "latency_ms_p90": g["p90"],
             "latency_ms_p95": g["p95"], "latency_ms_p99": g["p99"], "cv": g["cv"],
             "host_latency_ms_median": lat["median"], "iterations": g["count"],
-            **throughput(g["median"], 1),
+            "walltime_ms": thr["walltime_ms"], "throughput_qps": thr["throughput_qps"],
+            "throughput_samples_s": thr["throughput_qps"] * lb,
             "warnings": stability_warnings(t["computeMs"], enq),
-            "batch_sweep": curve,
+            "batch_sweep": curve, "trtexec_version": version,
+            "trtexec_build_args": _args(d / "build.args"),
             "exports": {k: str(Path(f"{eng}{s}")) for k, s in (
                 ("graph", ".graph.json"), ("profile", ".profile.json"), ("timing", ".timing.json"))
                 if Path(f"{eng}{s}").exists()},
@@ -200,18 +333,20 @@ def bundle_run(run_dir, out=None, settings: BuildSettings | None = None) -> Path
     if old:
         raise BadInput(f"trials {old} in {run_dir} were stored by an older l4opt without input "
                        f"shapes; re-run them with `l4opt sweep ... --force`")
-    if settings is None:
-        br = rows[0].get("batch_range") or [1, 8, 64]
-        settings = BuildSettings(batch=tuple(br))
+    per_row = settings is None  # each trial's own batch range, unless settings say otherwise
     trials = [{"trial_id": r["key"], "onnx_path": str(Path(run_dir) / r["onnx_path"]),
                "inputs": r["inputs"], "workload": r["workload"], "recipe": r["recipe"],
-               "onnx_sha256": r.get("onnx_sha256")} for r in rows]
+               "onnx_sha256": r.get("onnx_sha256"), "shapes": r.get("shapes"),
+               "latency_batch": r.get("latency_batch"),
+               "batch_range": r.get("batch_range") if per_row else None} for r in rows]
     return write_bundle(trials, out or Path(run_dir) / "bundle", settings)
 
 
 def import_bundle(run_dir, bundle_dir) -> list[dict]:
-    """Put a bundle's measurements into the run's rows; the estimate stays beside them."""
+    """Put a bundle's measurements into the run's rows; the estimate stays beside them as
+    est_latency_ms / est_latency_low_ms / est_latency_high_ms / est_latency_source."""
     from .store import Store
+    from .trial import measured_update
 
     rows = read_bundle(bundle_dir)
     store = Store(run_dir)
@@ -223,15 +358,18 @@ def import_bundle(run_dir, bundle_dir) -> list[dict]:
             if row is None:
                 r.update(status="unknown-trial", reason=f"not in {run_dir}")
                 continue
-            store.update(r["trial_id"], latency_estimate_ms=row.get("latency_estimate_ms",
-                                                                     row.get("latency_ms")),
-                         latency_estimate_source=row.get("latency_estimate_source",
-                                                         row.get("latency_source")),
-                         latency_ms=r["latency_ms_median"], latency_batch=1,
-                         latency_p99_ms=r["latency_ms_p99"], latency_cv=r["cv"],
-                         latency_source=r["latency_source"], latency_gpu=r["gpu"],
-                         latency_warnings=r["warnings"], batch_sweep=r["batch_sweep"],
-                         engine_exports=r["exports"])
+            # latency AND throughput at the row's latency batch (every batch is in batch_sweep)
+            measured = {
+                "latency_ms": r["latency_ms_median"], "latency_batch": r["latency_batch"],
+                "throughput_samples_s": r["throughput_samples_s"],
+                "throughput_batch": r["latency_batch"], "latency_p99_ms": r["latency_ms_p99"],
+                "latency_cv": r["cv"], "latency_source": r["latency_source"],
+                "latency_gpu": r["gpu"], "latency_warnings": r["warnings"],
+                "batch_sweep": r["batch_sweep"], "engine_exports": r["exports"],
+                "trtexec_version": r["trtexec_version"],
+                "trtexec_build_args": r["trtexec_build_args"],
+                "latency_trt_version": r["trtexec_version"]}
+            store.update(r["trial_id"], **measured_update(row, measured))
     finally:
         store.close()
     return rows

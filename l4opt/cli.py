@@ -8,9 +8,11 @@ import sys
 
 from .errors import L4OptError
 
-SHOW = ["recipe", "status", "format", "path", "metric_name", "metric", "metric_delta",
+SHOW = ["recipe", "status", "format", "path", "layers", "metric_name", "metric", "metric_delta",
         "cos_mean", "cos_min", "sqnr_db", "max_abs_err", "drift_backend", "latency_ms",
-        "throughput_samples_s", "latency_source", "total_s", "cached"]
+        "latency_batch", "throughput_samples_s", "latency_source", "total_s", "cached"]
+NAMES = {"layers": "quantized/GEMM", "latency_ms": "L4 ms (band)", "latency_batch": "batch",
+         "throughput_samples_s": "L4 samples/s"}
 
 
 def _jsonable(v):
@@ -24,29 +26,79 @@ def _jsonable(v):
 
 
 def print_table(df, columns=SHOW) -> None:
+    """Rows as text: statuses as what happened, numbers with the digits that tell them apart
+    (l4opt.tables), the L4 latency with its estimate band and the batch it is for."""
     import pandas as pd
 
-    cols = [c for c in columns if c in df.columns]
-    shown = df[cols].copy()
-    if "latency_ms" in shown and "latency_source" in shown:
-        # every estimated number says so where it is shown
-        shown = shown.rename(columns={"latency_ms": "L4 ms (b=1)",
-                                      "throughput_samples_s": "L4 samples/s (opt b)"})
-    with pd.option_context("display.max_columns", None, "display.width", 200,
-                           "display.float_format", "{:.4g}".format):
+    from .tables import display_frame
+
+    rename = NAMES if "latency_source" in df.columns else {}
+    shown = display_frame(df, columns, rename)
+    with pd.option_context("display.max_columns", None, "display.width", 250):
         print(shown.to_string(index=False))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (sample counts, batch sizes)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number >= 1")
+    return v
+
+
+def dim_value(text: str) -> tuple[str, int]:
+    """argparse type for --dim: NAME=VALUE, a named dynamic axis and its size (e.g. seq=128)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE, e.g. seq=128")
+    return name.strip(), positive_int(value.strip())
+
+
+def _dims(a) -> dict | None:
+    return dict(a.dim) if getattr(a, "dim", None) else None
+
+
+def _workload(a, **options):
+    """The workload the user named (built-in, 'pkg.mod:fn' or 'file.py:fn'), options checked
+    against its factory, with the deployment batch and named dims set on it."""
+    from .userload import load_workload
+
+    w = load_workload(a.workload, options, cli=True)
+    if getattr(a, "ray", None):
+        from .userload import ship_by_value
+
+        ship_by_value()  # Ray workers cannot import the user's file: send its code along
+    if getattr(a, "batch", None):
+        w.deploy_batch = a.batch
+    if _dims(a):
+        w.dims = {**(w.dims or {}), **_dims(a)}
+    return w
+
+
+def _shape_kwargs(fn, a) -> dict:
+    """batch=/dims= for a verb that takes them (they are also set on the Workload itself)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    out = {}
+    if getattr(a, "batch", None) and "batch" in params:
+        out["batch"] = a.batch
+    if _dims(a) and "dims" in params:
+        out["dims"] = _dims(a)
+    return out
+
+
 def cmd_sweep(a) -> int:
+    from .recipes import resolve
     from .sweeps import sweep
 
-    kwargs = {}
-    if a.calib_samples:
-        kwargs["calib_samples"] = a.calib_samples
-    if a.eval_samples:
-        kwargs["eval_samples"] = a.eval_samples
-    res = sweep(a.workload, a.recipes, a.out, force=a.force, progress=not a.json,
-                cluster=a.ray, **kwargs)
+    resolve(a.recipes)  # an unknown recipe fails before the workload loads
+    w = _workload(a, calib_samples=a.calib_samples, eval_samples=a.eval_samples)
+    res = sweep(w, a.recipes, a.out, force=a.force, progress=not a.json,
+                cluster=a.ray, **_shape_kwargs(sweep, a))
     if a.json:
         rows = [{k: v for k, v in r.items() if k != "traceback"} for r in res.rows]
         print(json.dumps(_jsonable({"run_dir": str(res.run_dir), "notes": res.notes,
@@ -59,10 +111,29 @@ def cmd_sweep(a) -> int:
         if any(s.startswith("estimated") for s in est):
             print("\nL4 latencies are ESTIMATES from the l4opt cost model (no L4 measured "
                   "here); CPU timings are not L4 latency.")
-        for r in res.failed:
-            print(f"\nFAILED {r['recipe']}: {r.get('error')}", file=sys.stderr)
+        for r in res.rows:
+            _say_not_ok(r)
         print(f"\nresults: {res.run_dir}/results.sqlite")
     return 1 if res.failed else 0
+
+
+def _say_not_ok(r: dict) -> None:
+    """A row that is not plainly ok says so under the table, with why."""
+    from .tables import row_status
+
+    status = row_status(r)
+    if status == "failed":
+        print(f"\nFAILED {r['recipe']}: {r.get('error')}", file=sys.stderr)
+    elif status == "no-op":
+        why = sorted({str(x.get("reason")) for x in r.get("excluded_layers") or []
+                      if isinstance(x, dict)})
+        print(f"\nNO-OP {r['recipe']}: quantized {r.get('quantized_layers', 0)} of "
+              f"{r.get('gemm_layers', '?')} GEMM/conv layers; its numbers are the unquantized "
+              f"model's" + (f" (ModelOpt: {'; '.join(why)[:300]})" if why else ""),
+              file=sys.stderr)
+    elif status == "collapsed":
+        note = r.get("collapse_note") or "drift far past a sensible threshold"
+        print(f"\nCOLLAPSED {r['recipe']}: {note}", file=sys.stderr)
 
 
 def _ray_arg(s) -> None:
@@ -73,13 +144,40 @@ def _ray_arg(s) -> None:
 
 def _layer_args(s):
     """What sensitivity and search share: workload, recipe, run dir, sample count, JSON, Ray."""
-    s.add_argument("workload")
+    _workload_arg(s, nargs=None)
     s.add_argument("--recipe", required=True)
     s.add_argument("--out", default="runs/default")
-    s.add_argument("--eval-samples", type=int, default=None)
+    s.add_argument("--calib-samples", type=positive_int, default=None,
+                   help="calibration samples (a workload option)")
+    s.add_argument("--eval-samples", type=positive_int, default=None,
+                   help="evaluation samples the per-layer drift is measured on")
+    _shape_args(s)
     s.add_argument("--json", action="store_true")
     _ray_arg(s)
     return s
+
+
+WORKLOAD_HELP = ("a built-in workload (minilm, digits-cnn), or your own: 'pkg.module:make_workload' "
+                 "or 'path/to/file.py:make_workload' (a function returning an l4opt.Workload, "
+                 "or a Workload object)")
+
+
+def _workload_arg(s, nargs="?"):
+    if nargs:
+        s.add_argument("workload", nargs=nargs, default="minilm",
+                       help=WORKLOAD_HELP + "; default minilm")
+    else:
+        s.add_argument("workload", help=WORKLOAD_HELP)
+
+
+def _shape_args(s, batch_default=None):
+    s.add_argument("--batch", type=positive_int, default=batch_default,
+                   help="deployment batch: the batch the L4 runs, calibration/export shapes "
+                        "and latencies use (default: "
+                        + ("the workload's" if batch_default is None else str(batch_default))
+                        + ")")
+    s.add_argument("--dim", action="append", type=dim_value, metavar="NAME=VALUE",
+                   help="value of a named dynamic axis, e.g. seq=128 (repeatable)")
 
 
 def cmd_list(a) -> int:
@@ -100,20 +198,28 @@ def _emit(obj, as_json: bool, text: str) -> None:
     print(json.dumps(_jsonable(obj), indent=1, default=str) if as_json else text)
 
 
-def _save_json(run_dir, sub: str, name: str, obj) -> None:
-    """Keep a per-run JSON (sensitivity, lint) where the report finds it."""
+def _save_json(run_dir, sub: str, name: str, obj):
+    """Keep a per-run JSON (sensitivity, lint) where the report finds it; `name` is a user's
+    name (a file, a workload): it becomes a slug plus a short hash, never a raw path part."""
     from pathlib import Path
+
+    from .names import safe_filename
 
     d = Path(run_dir) / sub
     d.mkdir(parents=True, exist_ok=True)
-    (d / f"{name}.json").write_text(json.dumps(_jsonable(obj), indent=1, default=str))
+    path = d / safe_filename(name, suffix=".json")
+    path.write_text(json.dumps(_jsonable(obj), indent=1, default=str))
+    return path
 
 
 def cmd_sensitivity(a) -> int:
+    from .recipes import get
     from .searches import sensitivity
 
-    res = sensitivity(a.workload, a.recipe, a.out, eval_samples=a.eval_samples,
-                      progress=not a.json, cluster=a.ray)
+    get(a.recipe)
+    w = _workload(a, calib_samples=a.calib_samples)
+    res = sensitivity(w, a.recipe, a.out, eval_samples=a.eval_samples,
+                      progress=not a.json, cluster=a.ray, **_shape_kwargs(sensitivity, a))
     d = res.to_dict()
     if a.json:
         _emit(d, True, "")
@@ -125,15 +231,32 @@ def cmd_sensitivity(a) -> int:
 def cmd_search(a) -> int:
     from .searches import Budget, search
 
+    from .errors import BadInput
+    from .recipes import get
+
+    # refuse an unmeetable budget before any work: a negative drop asks the quantized model to
+    # beat the reference, a cosine outside [-1, 1] does not exist
+    if a.max_drop is not None and not (a.max_drop >= 0 and math.isfinite(a.max_drop)):
+        raise BadInput(f"--max-drop {a.max_drop} is not a drop: give the largest allowed drop "
+                       f"of the task metric as a number >= 0 (e.g. 0.01; with --relative a "
+                       f"fraction of the unquantized metric)")
+    if a.min_cosine is not None and not -1 <= a.min_cosine <= 1:
+        raise BadInput(f"--min-cosine {a.min_cosine} is outside [-1, 1], where every cosine "
+                       f"lies: give the smallest allowed mean cosine, e.g. 0.999")
     budget = Budget(max_drop=a.max_drop, relative=a.relative, min_cosine=a.min_cosine)
-    res = search(a.workload, a.recipe, budget, a.out, strategy=a.strategy,
-                 eval_samples=a.eval_samples, progress=not a.json, cluster=a.ray)
+    get(a.recipe)
+    w = _workload(a, calib_samples=a.calib_samples)
+    res = search(w, a.recipe, budget, a.out, strategy=a.strategy,
+                 eval_samples=a.eval_samples, progress=not a.json, cluster=a.ray,
+                 **_shape_kwargs(search, a))
     d = res.to_dict()
     if a.json:
         _emit(d, True, "")
     else:
         print_table(res.table(), columns=list(res.table().columns))
-        print(f"\nchosen: {d.get('recipe_path')}  met budget: {d.get('met')}")
+        print(f"\n{d.get('message')}")
+        print(f"chosen: {d.get('recipe_path')}  met budget: {d.get('met')} (the sweep of the "
+              f"saved recipe: {d.get('final_status')})")
     return 0 if d.get("met") else 1
 
 
@@ -155,10 +278,18 @@ def cmd_lint(a) -> int:
 def cmd_estimate(a) -> int:
     from . import estimate
 
+    if a.calibrate_from:
+        table = estimate.calibrate_from(a.calibrate_from, progress=not a.json)
+        text = (f"ESTIMATE vs MEASURED L4 latency on {len(table)} rows of {a.calibrate_from}, "
+                f"before/after refitting the cost model's constants (saved in the run):\n"
+                + table.to_string(index=False, float_format=lambda x: f"{x:.4g}")
+                + f"\nmedian |error| before {100 * table['error_before'].abs().median():.1f}%, "
+                  f"after {100 * table['error_after'].abs().median():.1f}% (after = in-sample)")
+        _emit(table.to_dict(orient="records"), a.json, text)
+        return 0
     if a.onnx:
-        dims = dict(kv.split("=", 1) for kv in a.dim) if a.dim else None
-        est = estimate.estimate_onnx(a.onnx, gpu=a.gpu, batch=a.batch,
-                                     dynamic_dims={k: int(v) for k, v in dims.items()} if dims else None)
+        est = estimate.estimate_onnx(a.onnx, gpu=a.gpu, batch=a.batch, dynamic_dims=_dims(a),
+                                     calibration=a.calibration)
     else:
         from . import engine_report
 
@@ -184,14 +315,22 @@ def cmd_import(a) -> int:
     _emit(rows, a.json, "\n".join(
         f"{r.get('trial_id') or r.get('key')}: {r.get('status', 'ok')} "
         f"{r.get('latency_source', '')} median {r.get('latency_ms_median', '–')} ms"
+        + (f" at batch {r['latency_batch']} (trtexec {r.get('trtexec_version')})"
+           if r.get("status", "ok") == "ok" and "latency_batch" in r else f" {r.get('reason', '')}")
         for r in rows))
     return 0 if all(r.get("status", "ok") == "ok" for r in rows) else 1
 
 
 def cmd_report(a) -> int:
+    from .errors import BadInput
     from .report import write_report
 
-    print(write_report(a.run_dir, a.output))
+    try:
+        print(write_report(a.run_dir, a.output))
+    except OSError as exc:
+        where = exc.filename or a.output or a.run_dir
+        raise BadInput(f"cannot write the report to {where}: {exc.strerror or exc}; choose a "
+                       f"writable path with -o/--output") from exc
     return 0
 
 
@@ -213,15 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("sweep", help="run recipes on a workload and print one row per trial")
-    s.add_argument("workload", nargs="?", default="minilm",
-                   help="built-in workload (minilm, digits-cnn); default minilm")
+    _workload_arg(s)
     s.add_argument("--recipes", default=None,
                    help="comma-separated recipe names or recipe files (default: all built-ins)")
     s.add_argument("--out", default="runs/default", help="run directory (default runs/default)")
     s.add_argument("--json", action="store_true", help="print machine-readable rows")
     s.add_argument("--force", action="store_true", help="recompute cached trials")
-    s.add_argument("--calib-samples", type=int, default=None)
-    s.add_argument("--eval-samples", type=int, default=None)
+    s.add_argument("--calib-samples", type=positive_int, default=None,
+                   help="calibration samples (a workload option)")
+    s.add_argument("--eval-samples", type=positive_int, default=None,
+                   help="evaluation samples (a workload option)")
+    _shape_args(s)
     _ray_arg(s)
     s.set_defaults(fn=cmd_sweep)
 
@@ -240,7 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-cosine", type=float, help="smallest allowed mean cosine")
     s.add_argument("--relative", action="store_true", help="--max-drop is a fraction of the "
                    "unquantized metric")
-    s.add_argument("--strategy", default="both", choices=["both", "greedy", "auto_quantize"])
+    s.add_argument("--strategy", default="both",
+                   choices=["both", "bisect", "greedy", "auto_quantize"],
+                   help="ONNX-PTQ recipes: both/bisect = per-layer INT8/FP8/FP16 on the Q/DQ "
+                        "graph the sweep measures; greedy/auto_quantize study the torch-PTQ "
+                        "form (earlier behaviour). Torch-PTQ recipes: greedy FP16 fallback "
+                        "and/or ModelOpt auto_quantize")
     s.set_defaults(fn=cmd_search)
 
     s = sub.add_parser("lint", help="why isn't my engine faster? (TensorRT layer info + profile)")
@@ -254,9 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--onnx", help="a (Q/DQ) ONNX model")
     g.add_argument("--engine-graph", help="an engine's layer information JSON")
+    g.add_argument("--calibrate-from", metavar="RUN_DIR",
+                   help="refit the cost model on a run's measured L4 rows; print error before/after")
+    s.add_argument("--calibration", metavar="RUN_DIR", default=None,
+                   help="estimate with the constants a run was calibrated to (--calibrate-from)")
     s.add_argument("--gpu", default="L4")
-    s.add_argument("--batch", type=int, default=1)
-    s.add_argument("--dim", action="append", help="value of a named dynamic axis, e.g. seq=128")
+    _shape_args(s, batch_default=1)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_estimate)
 
@@ -291,6 +440,10 @@ def main(argv=None) -> int:
         return args.fn(args)
     except L4OptError as exc:
         print(f"l4opt: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the user gave: say which and why, no traceback
+        print(f"l4opt: error: {exc.filename or ''}{': ' if exc.filename else ''}"
+              f"{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("l4opt: interrupted; finished trials are in the run directory and a re-run "

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import env
+from . import env, trial
 from .errors import BadInput, StageFailed
 from .store import atomic_write
 
@@ -116,7 +116,7 @@ def _warm_task(hold_s: float) -> str:
     import importlib
 
     for m in ("torch", "onnxruntime", "modelopt.torch.quantization", "modelopt.onnx.quantization",
-              "l4opt.sweeps", "l4opt.quantize", "l4opt.export", "l4opt.runners", "l4opt.estimate"):
+              "l4opt.trial", "l4opt.quantize", "l4opt.export", "l4opt.runners", "l4opt.estimate"):
         importlib.import_module(m)
 
     time.sleep(hold_s)  # keep this worker busy so the next task starts another one
@@ -135,32 +135,33 @@ def _sha256(data: bytes) -> str:
 
 # ------------------------------------------------------------------ tasks (run on workers)
 
-def _trial_task(workload, recipe, key, driver_versions, reference, base_onnx, latency):
-    from .sweeps import KEY_VERSIONS, run_isolated
-
-    mine = {k: v for k, v in env.versions().items() if k in KEY_VERSIONS}
+def _trial_task(workload, recipe, key, driver_versions, reference, base_onnx, latency,
+                graph_sha=None, shapes=None):
+    mine = {k: v for k, v in env.versions().items() if k in trial.KEY_VERSIONS}
     if mine != driver_versions:
         differ = {k: f"{mine.get(k)} here vs {driver_versions.get(k)} on the driver"
                   for k in set(mine) | set(driver_versions) if mine.get(k) != driver_versions.get(k)}
         return {"error": f"package versions on node {socket.gethostname()} differ from the "
                          f"driver's ({differ}); install the same versions on every node"}, {}
     with tempfile.TemporaryDirectory(prefix="l4opt-trial-") as scratch:
-        row, files = run_isolated(workload, recipe, key, scratch, latency=latency,
-                                  reference=reference, base_onnx=base_onnx, measure=False)
+        row, files = trial.run_isolated(workload, recipe, key, scratch, latency=latency,
+                                        reference=reference, base_onnx=base_onnx,
+                                        graph_sha=graph_sha, shapes=shapes, measure=False)
     row["worker"] = _where()
     return row, files
 
 
-def _engine_task(onnx_bytes: bytes, inputs, batch_range, quantized_dtypes, dims):
+def _engine_task(files: dict, kwargs: dict):
+    """Build and time one trial's engine on an L4 node: `files` from trial.onnx_files (the
+    graph and its external weights), `kwargs` from trial.engine_kwargs (the row's shapes and
+    latency batch)."""
     from . import trt
     from .workloads import cache_dir
 
     try:
         with tempfile.TemporaryDirectory(prefix="l4opt-engine-") as d:
-            path = Path(d) / "model.onnx"
-            path.write_bytes(onnx_bytes)
-            out = trt.measure_onnx(path, inputs, batch_range, cache_dir() / "engines",
-                                   quantized_dtypes=quantized_dtypes, dims=dims)
+            path = trial.write_onnx_files(files, d)
+            out = trt.measure_onnx(path, cache_dir=cache_dir() / "engines", **kwargs)
     except Exception as exc:  # reported with the node it happened on; the row keeps its estimate
         return {"error": f"{type(exc).__name__}: {exc}", "worker": _where()}
     out["worker"] = _where()
@@ -176,6 +177,20 @@ def _layers_task(cal, layers):
 
 
 # ------------------------------------------------------------------ driver
+
+class RayExecutor:
+    """Trials as Ray tasks (trial.Executor); the driver verifies and stores every row."""
+
+    name = "ray"
+
+    def __init__(self, cluster):
+        parse_address(cluster)
+        self.cluster = cluster
+
+    def run(self, ctx, todo, *, latency: bool, notes: list, total: int, initial: int):
+        return run_trials(ctx, todo, self.cluster, latency=latency, notes=notes, total=total,
+                          initial=initial)
+
 
 def _error_text(exc) -> str:
     """The cause of a task failure in one line (Ray wraps it in its own traceback)."""
@@ -200,13 +215,15 @@ def run_trials(ctx, todo, cluster, *, latency: bool, notes: list, total: int, in
                          f"engine stage was not dispatched and L4 latencies are ESTIMATES")
         reference, _ = ctx.reference()
         need_base = any(r.path in ("none", "onnx-ptq") for r, _ in todo)
-        base = ctx.base_onnx().read_bytes() if need_base else None
+        # an FP32 export that raised is every trial's error: the workers export again and
+        # record it in failed rows
+        base = ctx.base_onnx().read_bytes() if need_base and ctx.export_error is None else None
         shared = [ray.put(w), ray.put(reference), ray.put(base)]
-        trial, engine = ray.remote(_trial_task), ray.remote(_engine_task)
+        task, engine = ray.remote(_trial_task), ray.remote(_engine_task)
         retry = {"max_retries": MAX_RETRIES, "retry_exceptions": False}
-        pending = {trial.options(name=f"l4opt {w.name} {recipe.name}", num_cpus=1, **retry).remote(
-            shared[0], recipe, key, ctx.versions, shared[1], shared[2], latency): (recipe, key)
-            for recipe, key in todo}
+        pending = {task.options(name=f"l4opt {w.name} {recipe.name}", num_cpus=1, **retry).remote(
+            shared[0], recipe, key, ctx.versions, shared[1], shared[2], latency, ctx.graph_sha,
+            ctx.shapes.to_dict()): (recipe, key) for recipe, key in todo}
         engines: dict = {}
         bar = tqdm(total=total, initial=initial, unit="trial", disable=not ctx.progress,
                    desc=f"sweep {w.name} on Ray ({conn.describe()})")
@@ -216,12 +233,11 @@ def run_trials(ctx, todo, cluster, *, latency: bool, notes: list, total: int, in
             if ref in pending:
                 recipe, key = pending.pop(ref)
                 row = _collect(ray, ref, ctx, recipe, key)
-                if measure and row["status"] == "ok":
-                    onnx = (ctx.store.run_dir / row["onnx_path"]).read_bytes()
+                if measure and row["status"] != "failed" and row.get("onnx_path"):
+                    files = trial.onnx_files(ctx.store.run_dir / row["onnx_path"])
                     engines[engine.options(name=f"l4opt engine {recipe.name}", num_cpus=1,
                                            num_gpus=1, accelerator_type=L4, **retry).remote(
-                        onnx, row["inputs"], row["batch_range"], row.get("quantized_dtypes") or (),
-                        {})] = row
+                        files, trial.engine_kwargs(row))] = row
                     continue
             else:
                 row = engines.pop(ref)
@@ -267,11 +283,7 @@ def _collect(ray, ref, ctx, recipe, key) -> dict:
 
 
 def _failed(ctx, recipe, key, error: str) -> dict:
-    from .sweeps import new_row
-
-    row = new_row(ctx, recipe, key)
-    row.update(status="failed", error=error, executor="ray")
-    return row
+    return trial.failed_row(ctx, recipe, key, error, executor="ray")
 
 
 def _apply_engine(ray, ref, row: dict) -> None:
@@ -287,10 +299,8 @@ def _apply_engine(ray, ref, row: dict) -> None:
                             f"({m['error']}); the latency stays an ESTIMATE")
         row["engine_worker"] = m["worker"]
         return
-    from .sweeps import apply_measured
-
     row["engine_worker"] = m.pop("worker")
-    apply_measured(row, m)
+    trial.apply_measured(row, m)
 
 
 def evaluate_layers(cal, layers, cluster, progress: bool = True) -> dict:

@@ -42,6 +42,20 @@ def precision_of(fmt: str | None) -> str:
     return "unknown"
 
 
+def unique_names(names) -> list[str]:
+    """Make repeated layer names unique as TREx does (trt-engine-explorer parser.py,
+    disambiguate_layer_names): the second 'x' becomes 'x_2', the third 'x_3', in order."""
+    seen, out = {}, []
+    for n in names:
+        if n in seen:
+            seen[n] += 1
+            n = f"{n}_{seen[n]}"
+        else:
+            seen[n] = 1
+        out.append(n)
+    return out
+
+
 def read_layer_info(path) -> "pandas.DataFrame":  # noqa: F821
     """One row per engine layer from layer information JSON (detailed or names-only)."""
     import pandas as pd
@@ -76,7 +90,10 @@ def read_layer_info(path) -> "pandas.DataFrame":  # noqa: F821
             "tactic": layer.get("TacticName") or layer.get("TacticValue"),
             "fused_ops": name.count(" + ") + 1,
         })
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df["raw_name"] = df["name"]
+    df["name"] = unique_names(df["name"])  # profile rows are joined on it
+    return df
 
 
 def read_profile(path) -> "pandas.DataFrame":  # noqa: F821
@@ -95,6 +112,8 @@ def read_profile(path) -> "pandas.DataFrame":  # noqa: F821
                         "average_ms": float(r.get("averageMs", np.nan)),
                         "median_ms": float(r.get("medianMs", np.nan)),
                         "percentage": float(r.get("percentage", np.nan))} for r in recs])
+    df["raw_name"] = df["name"]
+    df["name"] = unique_names(df["name"])  # same rule and order as read_layer_info
     df.attrs["count"] = count
     return df
 
@@ -131,9 +150,29 @@ def warmup_ms(summary: dict | None, default: float = 200.0) -> float:
 
 
 def timed_iterations(timing, summary: dict | None = None):
-    """The iterations trtexec's summary covers: those that started after the warm-up."""
+    """The iterations trtexec's summary covers: those that started after the warm-up.
+
+    trtexec's rule is absolute (sampleReporting.cpp: computeStart >= warmUp ms, times counted
+    from the start of the warm-up). Since TensorRT 8.5 --exportTimes already leaves the warm-up
+    records out, so on a TRT 10/11 export this keeps every record; on an older export (which
+    starts near 0 ms) it drops the warm-up ones.
+    """
     start = timing["startComputeMs"] if "startComputeMs" in timing else timing["startEnqMs"]
-    return timing[start >= start.iloc[0] + warmup_ms(summary)]
+    return timing[start >= warmup_ms(summary)]
+
+
+def walltime_throughput(timed, batch: int = 1) -> dict:
+    """trtexec's Throughput: queries over the host wall time of the timed phase (from the
+    first query's start to the last one's end, sampleReporting.cpp printPerformanceReport);
+    the arithmetic is l4opt.trt.wall_throughput's, which l4opt's own benchmark uses."""
+    from .trt import wall_throughput
+
+    t = timed
+    first = t["startH2dMs"].iloc[0] if "startH2dMs" in t else t["startComputeMs"].iloc[0]
+    last = t["endD2hMs"].iloc[-1] if "endD2hMs" in t else t["endComputeMs"].iloc[-1]
+    wall_ms = float(last - first)
+    return {"iterations": int(len(t)), "walltime_ms": wall_ms,
+            **wall_throughput(int(len(t)), wall_ms / 1e3, batch)}
 
 
 @dataclass

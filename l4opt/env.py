@@ -13,13 +13,20 @@ from .errors import MissingDependency
 # module name -> (pip extra that installs it, distribution name for its version)
 OPTIONAL = {
     "tensorrt": ("gpu", "tensorrt"),
-    "polygraphy": ("gpu", "polygraphy"),
     "pynvml": ("gpu", "nvidia-ml-py"),
     "cuda": ("gpu", "cuda-python"),
-    "plotly": ("notebook", "plotly"),
-    "ipywidgets": ("notebook", "ipywidgets"),
-    "papermill": ("notebook", "papermill"),
     "ray": ("ray", "ray"),
+}
+# module name -> distribution: base dependencies (pyproject `dependencies`) imported lazily; when
+# one is missing the install is broken and reinstalling l4opt brings it back (no extra holds it)
+BASE = {
+    "plotly": "plotly",
+    "ipywidgets": "ipywidgets",
+    "papermill": "papermill",
+    "nbformat": "nbformat",
+    "nbclient": "nbclient",
+    "polygraphy": "polygraphy",
+    "anywidget": "anywidget",
 }
 
 TRACKED_DISTRIBUTIONS = (
@@ -29,12 +36,27 @@ TRACKED_DISTRIBUTIONS = (
 
 
 def require(module: str, why: str = ""):
-    """Import an optional module, or raise MissingDependency naming the extra to install."""
+    """Import a lazily imported module, or raise MissingDependency saying how to install it:
+    the extra that holds it, or (a base dependency) reinstalling l4opt."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        extra = OPTIONAL.get(module.split(".")[0], ("all", module))[0]
-        raise MissingDependency(module, extra, why) from exc
+        raise missing(module, why) from exc
+
+
+def missing(module: str, why: str = "") -> MissingDependency:
+    """The MissingDependency for `module`, its message naming the right install command."""
+    top = module.split(".")[0]
+    if top in OPTIONAL:
+        return MissingDependency(module, OPTIONAL[top][0], why)
+    err = MissingDependency(module, "", why)
+    dist = BASE.get(top, top)
+    msg = (f"{module!r} is not installed, yet it is a dependency of l4opt itself ({dist}): the "
+           f"install is incomplete. Reinstall l4opt: `pip install -e .` in a checkout, or "
+           f"`pip install --force-reinstall l4opt`")
+    err.msg = f"{why}: {msg}" if why else msg  # ImportError's str() is its msg
+    err.args = (err.msg,)
+    return err
 
 
 def has(module: str) -> bool:

@@ -1,88 +1,151 @@
-"""GPU specs and a per-layer latency model. Every number it gives is an ESTIMATE, and says so.
+"""Estimated latency of a (Q/DQ) ONNX graph or of an engine on a GPU, with its error band.
 
-Per kernel: time = max(FLOPs / (peak at the kernel's precision x efficiency),
-                       bytes moved / (DRAM bandwidth x efficiency)) + a fixed per-kernel cost.
-Pointwise ops and Q/DQ fold into the kernel that produces their input (as TensorRT fuses
-them); shape ops cost nothing. It is a roofline with a launch floor, nothing more: it knows no
-tactics, no L2 residency and no clock behaviour under the L4's 72 W cap.
+Every number here is an ESTIMATE and says so. The kernels and the rules that make them are in
+`l4opt.costmodel`; the four constants that price them were fitted on published L4 measurements
+(l4opt/data/l4_truth.csv) and are read from l4opt/data/l4_fit.json together with their
+leave-one-out errors, which give every estimate its band (`low_ms`..`high_ms`). A user with
+measured L4 rows refits them with `calibrate_from(run_dir)`.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from . import costmodel
+from .costmodel import BYTES, GPUS, Constants, GPUSpec, Kernel, get_gpu  # noqa: F401 (API)
 from .errors import BadInput
 
-COMPUTE_EFF = 0.55      # share of dense tensor-core peak a well-shaped GEMM/conv reaches
-CUDA_CORE_EFF = 0.35    # depthwise/grouped convs run on CUDA cores, badly fed
-MEMORY_EFF = 0.70       # share of DRAM bandwidth a streaming kernel reaches
-KERNEL_US = 4.0         # fixed cost of one kernel inside a CUDA graph (launch gap, ramp, tail)
-BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int32": 4, "int64": 8,
-         "bool": 1, "unknown": 2}
+DATA = Path(__file__).resolve().parent / "data"
+TRUTH_CSV = DATA / "l4_truth.csv"
+FIT_JSON = DATA / "l4_fit.json"
+CALIBRATION_NAME = "l4opt_calibration.json"
+BAND_QUANTILES = (0.1, 0.9)
+KIND_WORDS = {"fp16_gemm": "FP16 GEMMs", "attention": "attention blocks"}
+
+
+class StaleFitWarning(UserWarning):
+    """The fit's constants were made for other cost-model rules than the code's."""
 
 
 @dataclass(frozen=True)
-class GPUSpec:
-    """Datasheet figures of one GPU (dense, no sparsity); TFLOPS or TOPS by precision."""
+class Fitted:
+    """Constants and the relative-error band that goes with them."""
 
-    name: str
-    arch: str
-    compute_capability: str
-    sms: int
-    boost_ghz: float
-    memory_gb: float
-    bandwidth_gbs: float
-    l2_mb: float
-    tdp_w: float
-    tflops: dict
-    source: str = ""
+    constants: Constants
+    q_low: float            # 10th percentile of (estimate - truth) / truth over held-out rows
+    q_high: float           # 90th percentile
+    source: str             # what the band was measured on
+    costmodel_version: int | None = None  # COSTMODEL_VERSION the fit was made with
+    # held-out errors of the rows that validate each kind of work (costmodel.validation_kinds):
+    # kind -> {"errors": [...], "rows": [...]}; a graph of that kind gets at least that band
+    kind_errors: dict = field(default_factory=dict)
 
-    @property
-    def fp8(self) -> bool:
-        return tuple(int(x) for x in self.compute_capability.split(".")) >= (8, 9)
+    def band(self, value_ms: float, q_low: float | None = None,
+             q_high: float | None = None) -> tuple[float, float]:
+        """Truth lies in [value / (1 + q_high), value / (1 + q_low)] as often as on LOO."""
+        lo = self.q_low if q_low is None else q_low
+        hi = self.q_high if q_high is None else q_high
+        return value_ms / (1 + hi), value_ms / (1 + max(lo, -0.95))
 
-    def peak(self, precision: str) -> float:
-        """Peak tensor FLOP/s at a precision (FP8 falls back to FP16 where unsupported)."""
-        p = precision if precision in self.tflops and self.tflops[precision] else "fp16"
-        return self.tflops[p] * 1e12
+    def stale_note(self) -> str | None:
+        """Why the constants may not fit the code's rules, or None when they match."""
+        if self.costmodel_version == costmodel.COSTMODEL_VERSION:
+            return None
+        made = "no cost-model version" if self.costmodel_version is None else \
+            f"cost model version {self.costmodel_version}"
+        return (f"STALE FIT: the constants and band were fitted with {made}, the code's rules "
+                f"are version {costmodel.COSTMODEL_VERSION}; the band was not measured for these "
+                f"rules (rerun benchmarks/bench_estimate.py, or `l4opt estimate "
+                f"--calibrate-from RUN_DIR`)")
+
+    def widened(self, kinds) -> tuple[float, float, str]:
+        """(q_low, q_high, why): the band widened to at least the held-out error of the rows
+        that validate each of `kinds` (costmodel.validation_kinds) the graph has."""
+        lo, hi, why = self.q_low, self.q_high, []
+        by_rows: dict = {}  # (rows, max |error|) -> kinds they validate
+        for kind in kinds:
+            ke = self.kind_errors.get(kind) or {}
+            errs = [float(e) for e in ke.get("errors") or []]
+            word = KIND_WORDS.get(kind, kind)
+            if not errs:
+                lo, hi = min(lo, -0.5), max(hi, 1.0)
+                why.append(f"band widened: {word} validated by no truth row, band is a guess "
+                           f"(-50%/+100%)")
+                continue
+            m = max(abs(e) for e in errs)
+            if -m >= self.q_low and m <= self.q_high:
+                continue  # the general band already covers this kind's held-out error
+            lo, hi = min(lo, -m), max(hi, m)
+            by_rows.setdefault((tuple(ke.get("rows") or []), m), []).append(word)
+        for (rows, m), words in by_rows.items():
+            ratios = rows and all("/" in r for r in rows)
+            what = (f"only by {len(rows)} speed-up ratio{'s' if len(rows) > 1 else ''}"
+                    if ratios else f"by {len(rows)} truth row(s)")
+            why.append(f"band widened: {' and '.join(words)} validated {what} "
+                       f"({'; '.join(rows[:3])}), held-out error up to {100 * m:.0f}%")
+        return lo, hi, "; ".join(why)
 
 
-GPUS: dict[str, GPUSpec] = {g.name: g for g in (
-    GPUSpec("L4", "Ada", "8.9", 58, 2.04, 24, 300, 48, 72,
-            {"fp32": 30.3, "fp16": 121, "bf16": 121, "fp8": 242, "int8": 242},
-            "NVIDIA L4 datasheet (dense tensor: FP16 121, FP8/INT8 242)"),
-    GPUSpec("T4", "Turing", "7.5", 40, 1.59, 16, 320, 4, 70,
-            {"fp32": 8.1, "fp16": 65, "int8": 130, "fp8": None},
-            "NVIDIA T4 datasheet"),
-    GPUSpec("A10G", "Ampere", "8.6", 80, 1.71, 24, 600, 6, 300,
-            {"fp32": 31.2, "fp16": 125, "bf16": 125, "int8": 250, "fp8": None},
-            "assumed equal to the A10 datasheet (AWS does not publish A10G tensor figures)"),
-    GPUSpec("A100", "Ampere", "8.0", 108, 1.41, 80, 2039, 40, 400,
-            {"fp32": 19.5, "fp16": 312, "bf16": 312, "int8": 624, "fp8": None},
-            "NVIDIA A100 80GB SXM4 datasheet"),
-    GPUSpec("H100", "Hopper", "9.0", 132, 1.98, 80, 3350, 50, 700,
-            {"fp32": 67, "fp16": 989, "bf16": 989, "fp8": 1979, "int8": 1979},
-            "NVIDIA H100 SXM5 datasheet (dense)"),
-    GPUSpec("TITAN RTX", "Turing", "7.5", 72, 1.77, 24, 672, 6, 280,
-            {"fp32": 16.3, "fp16": 130, "int8": 261, "fp8": None},
-            "NVIDIA TITAN RTX specs (384-bit GDDR6 at 14 Gbps; tensor FP16 130, INT8 261)"),
-)}
+_FITTED_CACHE: dict = {}
 
 
-def get_gpu(name) -> GPUSpec:
-    if isinstance(name, GPUSpec):
-        return name
-    key = str(name).lower().replace("nvidia", "").strip().replace("_", " ").replace("-", " ")
-    for g in GPUS.values():
-        if g.name.lower() == key:
-            return g
-    raise BadInput(f"unknown GPU {name!r}; known: {', '.join(GPUS)}")
+def fitted(run_dir: str | Path | None = None) -> Fitted:
+    """The constants in use: a run's calibration if it has one, else the shipped L4 fit."""
+    if run_dir is not None:
+        path = Path(run_dir) / CALIBRATION_NAME
+        if path.exists():
+            return _read_fitted(path)
+    if "shipped" not in _FITTED_CACHE:
+        _FITTED_CACHE["shipped"] = _read_fitted(FIT_JSON)
+    return _FITTED_CACHE["shipped"]
+
+
+def _read_fitted(path: Path) -> Fitted:
+    try:
+        d = json.loads(Path(path).read_text())
+        ver = d.get("costmodel")
+        kind_errors = d.get("kind_errors")
+        if kind_errors is None:  # an older fit: its speed-up ratios are all that validate these
+            ratios = [float(e) for e in (d.get("summary") or {}).get("ratio_errors") or []]
+            rows = [r["row"] for r in d.get("loo") or [] if r.get("kind") == "ratio"]
+            kind_errors = {k: {"errors": ratios, "rows": rows} for k in KIND_WORDS}
+        fit = Fitted(Constants.from_dict(d["constants"]), float(d["band"]["q_low"]),
+                     float(d["band"]["q_high"]), str(d["band"]["source"]),
+                     int(ver) if isinstance(ver, int) else None, dict(kind_errors))
+    except FileNotFoundError:
+        return Fitted(Constants(), -0.5, 1.0, "UNFITTED defaults (no l4_fit.json): band is a guess",
+                      costmodel.COSTMODEL_VERSION)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise BadInput(f"{path} is not an l4opt fit file ({exc}); rerun "
+                       f"benchmarks/bench_estimate.py or `l4opt estimate --calibrate-from`") from exc
+    note = fit.stale_note()
+    if note:
+        warnings.warn(f"{path}: {note}", StaleFitWarning, stacklevel=3)
+    return fit
+
+
+def fit_stamp(run_dir: str | Path | None = None) -> str:
+    """What identifies the constants in use: the cost model version and the fit file's hash
+    (part of every trial's key, so rows estimated with other rules or constants are redone)."""
+    path = FIT_JSON
+    if run_dir is not None and (Path(run_dir) / CALIBRATION_NAME).exists():
+        path = Path(run_dir) / CALIBRATION_NAME
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    except FileNotFoundError:
+        digest = "unfitted"
+    return f"costmodel-v{costmodel.COSTMODEL_VERSION}/fit-{digest}"
 
 
 @dataclass
 class Estimate:
-    """Per-layer and total estimated latency of one graph on one GPU at one batch size."""
+    """Per-kernel and total estimated latency of one graph on one GPU at one batch size."""
 
     layers: object  # DataFrame
     total_ms: float
@@ -90,6 +153,24 @@ class Estimate:
     batch: int
     source: str
     notes: list = field(default_factory=list)
+    low_ms: float | None = None
+    high_ms: float | None = None
+    band_source: str = ""
+    constants: dict = field(default_factory=dict)
+    trt_version: str = ""   # the TensorRT version whose rules the estimate assumed
+
+    # the names the trial rows use
+    @property
+    def latency_ms(self) -> float:
+        return self.total_ms
+
+    @property
+    def latency_low_ms(self):
+        return self.low_ms
+
+    @property
+    def latency_high_ms(self):
+        return self.high_ms
 
     @property
     def throughput_qps(self) -> float:
@@ -99,63 +180,185 @@ class Estimate:
     def throughput_samples_s(self) -> float:
         return self.throughput_qps * self.batch
 
+    def band_text(self) -> str:
+        if self.low_ms is None:
+            return "no band"
+        return f"band {_fmt(self.low_ms)}-{_fmt(self.high_ms)} ms"
+
     def to_dict(self) -> dict:
         return {"estimate": True, "source": self.source, "gpu": self.gpu, "batch": self.batch,
-                "total_ms": self.total_ms, "throughput_qps": self.throughput_qps,
+                "total_ms": self.total_ms, "low_ms": self.low_ms, "high_ms": self.high_ms,
+                "band_source": self.band_source, "throughput_qps": self.throughput_qps,
                 "throughput_samples_s": self.throughput_samples_s, "notes": self.notes,
-                "model": {"compute_eff": COMPUTE_EFF, "memory_eff": MEMORY_EFF,
-                          "kernel_us": KERNEL_US},
-                "layers": self.layers.to_dict(orient="records")}
+                "trt_version": self.trt_version, "model": dict(self.constants), "layers": self.layers.to_dict(orient="records")}
 
     def to_text(self, top: int = 25) -> str:
         df = self.layers.sort_values("latency_ms", ascending=False).head(top)
         lines = [f"ESTIMATE - not measured on {self.gpu}: l4opt cost model, batch {self.batch}",
-                 f"{'layer':60s} {'prec':5s} {'GFLOP':>8s} {'MB':>8s} {'est. ms':>9s}"]
+                 f"{'kernel':56s} {'kind':9s} {'prec':5s} {'GFLOP':>8s} {'MB':>8s} {'est. ms':>9s}"]
         for r in df.itertuples():
-            lines.append(f"{str(r.layer)[:60]:60s} {r.precision:5s} {r.flops / 1e9:8.3f} "
-                         f"{r.bytes / 1e6:8.3f} {r.latency_ms:9.4f}")
+            lines.append(f"{str(r.layer)[:56]:56s} {str(r.kind)[:9]:9s} {r.precision:5s} "
+                         f"{r.flops / 1e9:8.3f} {r.bytes / 1e6:8.3f} {r.latency_ms:9.4f}")
         lines.append(f"... {len(self.layers)} kernels in all")
-        lines.append(f"est. latency {self.total_ms:.4f} ms, est. throughput "
+        lines.append(f"est. latency {_fmt(self.total_ms)} ms, {self.band_text()}; est. throughput "
                      f"{self.throughput_samples_s:.1f} samples/s on {self.gpu} (ESTIMATE)")
+        if self.band_source:
+            lines.append(f"band: {self.band_source}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
-def _kernel_time(gpu: GPUSpec, flops: float, nbytes: float, precision: str, cuda_core: bool):
-    if cuda_core:
-        peak = gpu.tflops["fp32"] * 1e12 * (2 if precision != "fp32" else 1) * CUDA_CORE_EFF
-    elif precision == "fp32":
-        peak = gpu.tflops["fp32"] * 1e12 * COMPUTE_EFF
-    else:
-        peak = gpu.peak(precision) * COMPUTE_EFF
-    compute_ms = 1e3 * flops / peak if flops else 0.0
-    memory_ms = 1e3 * nbytes / (gpu.bandwidth_gbs * 1e9 * MEMORY_EFF)
-    return compute_ms, memory_ms, KERNEL_US / 1e3
+def _fmt(x: float) -> str:
+    return f"{x:#.3g}" if x < 100 else f"{x:.0f}"
 
 
-def _finish(rows: list[dict], gpu: GPUSpec, batch: int, notes: list) -> Estimate:
+def indistinguishable(a, b) -> bool:
+    """True when two estimates' bands overlap: the cost model cannot tell them apart.
+
+    `a`/`b`: Estimates, or rows/dicts with latency_low_ms/latency_high_ms (or low_ms/high_ms).
+    Without a band, only equal values are indistinguishable."""
+    la, ha = _bounds(a)
+    lb, hb = _bounds(b)
+    return la <= hb and lb <= ha
+
+
+def _bounds(x) -> tuple[float, float]:
+    def get(*names):
+        for n in names:
+            v = x.get(n) if isinstance(x, dict) else getattr(x, n, None)
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                return float(v)
+        return None
+
+    v = get("latency_ms", "total_ms")
+    lo, hi = get("latency_low_ms", "low_ms"), get("latency_high_ms", "high_ms")
+    if v is None and (lo is None or hi is None):
+        raise BadInput("indistinguishable() needs estimates or rows with a latency and its band "
+                       "(latency_ms, latency_low_ms, latency_high_ms)")
+    return (lo if lo is not None else v), (hi if hi is not None else v)
+
+
+# ------------------------------------------------------------------ pricing
+
+def _finish(ks: list, g: GPUSpec, batch: int, notes: list, fit: Fitted,
+            facts: dict | None = None) -> Estimate:
     import pandas as pd
 
-    for r in rows:
-        c, m, o = _kernel_time(gpu, r["flops"], r["bytes"], r["precision"], r.pop("cuda_core"))
-        r.update(compute_ms=c, memory_ms=m, overhead_ms=o if r["kernel"] else 0.0)
-        r["latency_ms"] = (max(c, m) + r["overhead_ms"]) if r["kernel"] else 0.0
-    df = pd.DataFrame(rows, columns=["layer", "op_type", "precision", "flops", "bytes",
-                                     "compute_ms", "memory_ms", "overhead_ms", "latency_ms",
-                                     "kernel"])
-    if not gpu.fp8 and (df["precision"] == "fp8").any():
-        notes.append(f"{gpu.name} (sm_{gpu.compute_capability.replace('.', '')}) has no FP8 "
+    c = fit.constants
+    feat = costmodel.features(ks, g)
+    kl = np.asarray(feat["klass"])
+    comp = np.asarray(feat["compute_s"], float)
+    mem = np.asarray(feat["memory_s"], float)
+    eff = np.where(kl == 0, c.tc_eff, np.where(kl == 1, c.tc8_eff, 1.0))
+    comp_ms, mem_ms = 1e3 * comp / eff, 1e3 * mem / c.mem_eff
+    lat = costmodel.kernel_ms(kl, comp, mem, c)
+    df = pd.DataFrame({
+        "layer": [k.name for k in ks], "kind": [k.kind for k in ks],
+        "op_type": [(k.ops[0] if k.ops else k.kind) for k in ks],
+        "fused_ops": [",".join(k.ops) for k in ks], "precision": [k.precision for k in ks],
+        "flops": [k.flops for k in ks], "shape_eff": [k.shape_eff for k in ks],
+        "bytes": [k.dram_bytes + k.l2_bytes for k in ks], "dram_bytes": [k.dram_bytes for k in ks],
+        "l2_bytes": [k.l2_bytes for k in ks], "compute_ms": comp_ms, "memory_ms": mem_ms,
+        "overhead_ms": [c.kernel_us / 1e3] * len(ks), "latency_ms": lat,
+        "kernel": [True] * len(ks), "note": [k.note for k in ks]})
+    if not g.fp8 and any(k.precision == "fp8" for k in ks):
+        notes.append(f"{g.name} (sm_{g.compute_capability.replace('.', '')}) has no FP8 "
                      f"tensor cores; FP8 layers priced at FP16")
-    return Estimate(df, float(df["latency_ms"].sum()), gpu.name, batch,
-                    f"estimated-{gpu.name.lower().replace(' ', '-')}", notes)
+    total = float(lat.sum())
+    q_lo, q_hi, widened = fit.widened(costmodel.validation_kinds(feat, facts))
+    low, high = fit.band(total, q_lo, q_hi)
+    src = fit.source if g.name == "L4" else f"{fit.source}; NOT validated on {g.name}"
+    if widened:
+        src = f"{src}; {widened}"
+        notes.append(widened)
+    stale = fit.stale_note()
+    if stale:
+        src = f"{src}; {stale}"
+        notes.append(stale)
+    return Estimate(df, total, g.name, batch, f"estimated-{g.name.lower().replace(' ', '-')}",
+                    notes, low, high, src, c.to_dict())
 
 
-# ------------------------------------------------------------------ engine layer info
+def _precision_notes(facts: dict, gpu: GPUSpec) -> list[str]:
+    """Why FP8 and INT8 do (or do not) estimate differently on this graph, in words."""
+    out = [f"TensorRT rules evaluated for version {facts['trt_version']}"]
+    if facts["mha_fused"]:
+        precs = "/".join(sorted(facts.get("mha_fused_precision", ())))
+        out.append(f"{facts['mha_fused']} attention block(s) run as one fused MHA kernel ({precs})")
+    for r in facts["mha_reasons"]:
+        out.append(f"{facts['mha_unfused']} attention block(s) NOT fused ({r}): scores go "
+                   f"through memory in three kernels")
+    if facts["fp8_conv_fp16"]:
+        out.append(f"{facts['fp8_conv_fp16']} FP8 conv(s) have no FP8 kernel on Ada (grouped, "
+                   f"<= 16 channels or > 32 taps): priced at FP16, where INT8 would run INT8")
+    if facts["fp8_dw_fp16"]:
+        out.append(f"{facts['fp8_dw_fp16']} depthwise conv(s) quantized FP8 have no FP8 kernel: "
+                   f"priced at FP16 (INT8 has depthwise kernels)")
+    if facts["int8_dw"]:
+        out.append(f"{facts['int8_dw']} depthwise conv(s) run INT8 on CUDA cores")
+    if facts["standalone_q"]:
+        out.append(f"{facts['standalone_q']} Q/DQ with nothing to fuse into (network input, or "
+                   f"an FP8 input of an FP16-only conv): a reformat kernel each")
+    tc = facts["tc_kernels"]
+    if tc.get("fp8") or tc.get("int8"):
+        out.append(f"tensor-core kernels by precision: {tc}; INT8 and FP8 share the L4's dense "
+                   f"peak (242 TOPS/TFLOPS), so they differ only through the rules above")
+    out += fp8_int8_verdict(facts)
+    return out
 
-def estimate_engine(layers, gpu="L4", batch: int = 1) -> Estimate:
-    """Estimate from an engine's layer information (l4opt.engine_report.read_layer_info)."""
+
+def fp8_int8_verdict(facts: dict) -> list[str]:
+    """One plain sentence: does this graph run the same kernels in FP8 and in INT8 at the
+    TensorRT version the rules assume, and if not, which layers differ."""
+    differ, same = facts.get("fp8_int8_differ") or {}, facts.get("fp8_int8_same") or {}
+    if not differ and not same:
+        return []
+    ver = facts["trt_version"]
+    if not differ:
+        what = "; ".join(f"{n} {k}" for k, n in same.items())
+        return [f"FP8 and INT8 run the SAME kernels on this graph's quantized layers at TensorRT "
+                f"{ver} ({what}): "
+                f"their estimates are equal by construction, not measured to be equal; only an "
+                f"L4 measurement can separate them"]
+    what = "; ".join(f"{n} {k}" for k, n in differ.items())
+    return [f"FP8 and INT8 run DIFFERENT kernels on this graph's quantized layers at "
+            f"TensorRT {ver}: {what}"]
+
+
+def estimate_onnx(model_or_path, gpu="L4", batch: int = 1, float_precision: str = "fp16",
+                  dynamic_dims: dict | None = None, trt_version=None,
+                  input_quantized: bool = False, calibration: str | Path | None = None,
+                  fit: Fitted | None = None) -> Estimate:
+    """Estimate a (Q/DQ) ONNX graph as TensorRT would run it strongly typed.
+
+    Conv/MatMul/Gemm fed by DequantizeLinear on both data and weights run at the Q/DQ
+    precision; other float math at `float_precision` (the baseline deploys as FP16).
+    `dynamic_dims` gives every named non-batch axis ({"seq": 128}); `calibration` a run
+    directory whose `calibrate_from` constants to use."""
+    import onnx
+
     g = get_gpu(gpu)
-    rows = []
+    if not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise BadInput(f"batch must be a positive whole number, got {batch!r}")
+    try:
+        model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else \
+            onnx.load(str(model_or_path))
+    except Exception as exc:
+        raise BadInput(f"cannot read ONNX model {model_or_path}: {exc}") from exc
+    graph = costmodel.kernels(model, g, batch=int(batch), float_precision=float_precision,
+                              dynamic_dims=dynamic_dims, trt_version=trt_version,
+                              input_quantized=input_quantized)
+    notes = list(graph.notes) + _precision_notes(graph.facts, g)
+    est = _finish(graph.kernels, g, int(batch), notes, fit or fitted(calibration), graph.facts)
+    est.trt_version = graph.facts["trt_version"]
+    return est
+
+
+def estimate_engine(layers, gpu="L4", batch: int = 1, fit: Fitted | None = None) -> Estimate:
+    """Estimate from an engine's layer information (l4opt.engine_report.read_layer_info):
+    the engine already says which layers TensorRT fused and at which precision."""
+    g = get_gpu(gpu)
+    ks = []
     for r in layers.to_dict("records"):
         ins = [d for d in (r.get("in_dims") or []) if d]
         outs = [d for d in (r.get("out_dims") or []) if d]
@@ -165,268 +368,28 @@ def estimate_engine(layers, gpu="L4", batch: int = 1) -> Estimate:
         act = sum(np.prod(d) * BYTES.get(in_prec, 2) for d in ins) + \
             sum(np.prod(d) * BYTES.get(prec, 2) for d in outs)
         wbytes = r.get("weights_count", 0) * BYTES.get(r.get("weights_type") or prec, 2)
-        flops, cuda_core = 0.0, False
+        flops, kind, eff = 0.0, "pointwise", 1.0
         if r.get("param_type") == "Convolution" and outs and r.get("kernel"):
             k = float(np.prod(r["kernel"]))
             cin = ins[0][1] if ins and len(ins[0]) > 1 else 1
             groups = r.get("groups") or 1
             flops = 2.0 * np.prod(outs[0]) * (cin / groups) * k
-            cuda_core = groups > 1 and groups == cin
+            kind = "dwconv" if groups > 1 and groups == cin else "conv"
+            if kind == "conv" and len(outs[0]) == 4:
+                o = outs[0]
+                eff = costmodel.gemm_efficiency(o[0] * o[2] * o[3] * scale, o[1] / groups,
+                                                cin / groups * k, groups, g.sms)
         elif r.get("param_type") in ("FullyConnected", "MatrixMultiply", "Gemm"):
             flops = 2.0 * r.get("weights_count", 0) * (ins[0][0] if ins else 1)
-        kernel = r.get("layer_type") not in ("NoOp", "Shuffle") or r.get("fused_ops", 1) > 1
-        rows.append({"layer": r["name"], "op_type": r.get("layer_type"),
-                     "precision": in_prec if flops and in_prec in ("int8", "fp8") else prec,
-                     "flops": flops * scale, "bytes": act * scale + wbytes,
-                     "cuda_core": cuda_core, "kernel": bool(kernel)})
-    return _finish(rows, g, batch, [])
-
-
-# ------------------------------------------------------------------ ONNX graphs
-
-SHAPE_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Shape", "Constant", "Flatten",
-             "Identity", "ConstantOfShape", "Range", "Expand", "Slice", "Gather", "Concat",
-             "Split", "Size", "NonZero"}
-POINTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "Tanh", "Erf", "Gelu",
-             "Sqrt", "Pow", "Where", "Cast", "Neg", "Exp", "Abs", "LeakyRelu", "HardSigmoid",
-             "HardSwish", "Not", "Equal", "Less", "Greater", "And", "Or", "Min", "Max",
-             "QuantizeLinear", "DequantizeLinear", "BatchNormalization", "Dropout", "Softplus",
-             "Mish", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "IsNaN"}
-COMPUTE = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
-
-
-def _np_dtype_bytes(elem_type: int) -> int:
-    import onnx
-
-    try:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
-    except Exception:
-        return 1
-
-
-def _input_dims(model, batch: int, dynamic_dims: dict | None) -> dict[str, list[int]]:
-    """Concrete input shapes: named dynamic dims from `dynamic_dims`, axis 0 from `batch`."""
-    dims = dict(dynamic_dims or {})
-    init = {i.name for i in model.graph.initializer}
-    out = {}
-    for inp in model.graph.input:
-        if inp.name in init:
-            continue
-        shape = []
-        for i, d in enumerate(inp.type.tensor_type.shape.dim):
-            if d.dim_value:
-                shape.append(int(d.dim_value))
-            elif d.dim_param in dims:
-                shape.append(int(dims[d.dim_param]))
-            elif i == 0:
-                shape.append(int(batch))
-            else:
-                raise BadInput(f"input {inp.name!r} has dynamic axis {i} ({d.dim_param or '?'}); "
-                               f"give its value, e.g. dynamic_dims={{'{d.dim_param or 'seq'}': 128}} "
-                               f"(CLI: --dim {d.dim_param or 'seq'}=128)")
-        out[inp.name] = shape
-    return out
-
-
-def _light_copy(model, in_dims: dict):
-    """The graph with large initializers turned into typed inputs (no weight bytes) and
-    concrete input shapes: cheap to copy and to run shape inference on."""
-    import onnx
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    keep = []
-    for init in m.graph.initializer:
-        if int(np.prod(init.dims) if init.dims else 1) > 64:
-            m.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type,
-                                                                    list(init.dims)))
-        else:
-            keep.append(init)
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
-    for inp in m.graph.input:
-        if inp.name in in_dims:
-            for d, v in zip(inp.type.tensor_type.shape.dim, in_dims[inp.name]):
-                d.ClearField("dim_param")
-                d.dim_value = v
-    return m
-
-
-def _shapes_by_inference(model, in_dims) -> dict[str, list]:
-    import onnx
-
-    light = _light_copy(model, in_dims)
-    inf = onnx.shape_inference.infer_shapes(light, data_prop=True)
-    out = {}
-    for vi in list(inf.graph.input) + list(inf.graph.value_info) + list(inf.graph.output):
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                            for d in tt.shape.dim]
-    return out
-
-
-def _shapes_by_running(model, in_dims) -> dict[str, list]:
-    """Exact shapes from one ONNX Runtime run of the graph with its Q/DQ bypassed (so FP8 and
-    TensorRT-only quantize ops do not stop it), every tensor exposed as an output."""
-    import onnx
-    import onnxruntime as ort
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    alias = {}
-    for n in g.node:
-        if "Quantize" in n.op_type or "Dequantize" in n.op_type:
-            alias[n.output[0]] = alias.get(n.input[0], n.input[0])
-    nodes = [n for n in g.node if n.output[0] not in alias]
-    for n in nodes:
-        for i, name in enumerate(n.input):
-            if name in alias:
-                n.input[i] = alias[name]
-    del g.node[:]
-    g.node.extend(nodes)
-    for o in g.output:
-        if o.name in alias:
-            o.name = alias[o.name]
-    names = {o for n in nodes for o in n.output if o}
-    del g.output[:]
-    g.output.extend(onnx.helper.make_empty_tensor_value_info(o) for o in sorted(names))
-    feeds = {}
-    for inp in g.input:
-        if inp.name in in_dims:
-            dt = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
-            feeds[inp.name] = np.ones(in_dims[inp.name], dtype=dt)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 4
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    outs = sess.run(None, feeds)
-    shapes = {o.name: list(np.shape(v)) for o, v in zip(sess.get_outputs(), outs)}
-    shapes.update({q: shapes[src] for q, src in alias.items() if src in shapes})
-    return shapes
-
-
-def estimate_onnx(model_or_path, gpu="L4", batch: int = 1, float_precision: str = "fp16",
-                  dynamic_dims: dict | None = None) -> Estimate:
-    """Estimate a (Q/DQ) ONNX graph as TensorRT would run it strongly typed.
-
-    Conv/MatMul/Gemm fed by DequantizeLinear on both data and weights run at the Q/DQ
-    precision; other float math at `float_precision` (the baseline deploys as FP16).
-    """
-    import onnx
-
-    g = get_gpu(gpu)
-    try:
-        model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else \
-            onnx.load(str(model_or_path))
-    except Exception as exc:
-        raise BadInput(f"cannot read ONNX model {model_or_path}: {exc}") from exc
-    in_dims = _input_dims(model, batch, dynamic_dims)
-    graph = model.graph
-    compute = [n for n in graph.node if n.op_type in COMPUTE]
-    shapes = _shapes_by_inference(model, in_dims)
-    notes = []
-    if any(not shapes.get(n.output[0]) or None in shapes[n.output[0]] for n in compute):
-        try:
-            shapes = _shapes_by_running(model, in_dims)
-        except Exception as exc:
-            notes.append(f"shapes from static inference only (running the graph to resolve "
-                         f"them failed: {type(exc).__name__}: {str(exc)[:200]})")
-    dtypes = {}
-    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-        dtypes[vi.name] = vi.type.tensor_type.elem_type
-    inits = {i.name: i for i in graph.initializer}
-    for name, t in inits.items():
-        shapes[name], dtypes[name] = list(t.dims), t.data_type
-    for n in graph.node:  # Q/DQ keep their input's shape
-        if ("Quantize" in n.op_type or "Dequantize" in n.op_type) and not shapes.get(n.output[0]):
-            shapes[n.output[0]] = shapes.get(n.input[0])
-    for n in graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
-            t = n.attribute[0].t
-            inits[n.output[0]] = t
-            shapes[n.output[0]], dtypes[n.output[0]] = list(t.dims), t.data_type
-    producer = {o: n for n in graph.node for o in n.output}
-
-    def numel(name):
-        s = shapes.get(name)
-        return float(np.prod(s)) if s and all(isinstance(x, int) and x > 0 for x in s) else None
-
-    def q_precision(name):
-        """Precision of a tensor fed through DequantizeLinear (int8/fp8), else None."""
-        p = producer.get(name)
-        hops = 0
-        while p is not None and p.op_type in ("Transpose", "Reshape", "Cast") and hops < 3:
-            p, hops = producer.get(p.input[0]), hops + 1
-        if p is None or "Dequantize" not in p.op_type:
-            return None
-        src = p.input[0]
-        et = dtypes.get(src)
-        if et is None and producer.get(src) is not None and len(producer[src].input) > 2:
-            et = dtypes.get(producer[src].input[2])
-        if et in (onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E5M2) or "FP8" in p.op_type:
-            return "fp8"
-        return "int8"
-
-    rows, unknown, kernel_of = [], 0, {}
-    constant = set(inits)
-    for n in graph.node:
-        op = n.op_type
-        out_n = sum(numel(o) or 0 for o in n.output)
-        if all(i in constant for i in n.input if i):
-            constant.update(n.output)  # folded at build time (weight Q/DQ, transposes)
-            continue
-        if op in SHAPE_OPS:
-            src = next((kernel_of[i] for i in n.input if i in kernel_of), None)
-            if src is not None:
-                for o in n.output:
-                    kernel_of[o] = src
-            continue
-        if op in POINTWISE or "Quantize" in op or "Dequantize" in op:
-            src = next((kernel_of[i] for i in n.input if i in kernel_of), None)
-            if src is not None:  # fused into the kernel producing its input
-                for o in n.output:
-                    kernel_of[o] = src
-                rows[src]["bytes"] += 0  # the fused op reuses the kernel's output in registers
-                continue
-        prec = float_precision
-        flops, cuda_core = 0.0, False
-        if op in COMPUTE:
-            qa, qw = q_precision(n.input[0]), q_precision(n.input[1]) if len(n.input) > 1 else None
-            prec = qa if qa and qw else float_precision
-            a, b, y = shapes.get(n.input[0]), shapes.get(n.input[1]), shapes.get(n.output[0])
-            if op in ("MatMul", "Gemm") and a and y and all(a) and all(y):
-                k = a[-1] if op == "MatMul" else (a[0] if any(x.name == "transA" and x.i for x in n.attribute) else a[-1])
-                flops = 2.0 * (numel(n.output[0]) or 0) * k
-            elif op in ("Conv", "ConvTranspose") and b and y and all(b) and all(y):
-                groups = next((x.i for x in n.attribute if x.name == "group"), 1)
-                flops = 2.0 * float(np.prod(y)) * b[1] * float(np.prod(b[2:]))
-                cuda_core = groups > 1 and b[1] == 1
-            if not flops:
-                unknown += 1
-        in_bytes = 0.0
-        for i in n.input:
-            ne = numel(i)
-            if ne is None:
-                continue
-            w = inits.get(i)
-            q = q_precision(i)
-            if w is not None:
-                in_bytes += ne * _np_dtype_bytes(w.data_type)
-            elif i in constant:  # a weight quantized at build time
-                in_bytes += ne * BYTES[q or float_precision]
-            else:
-                in_bytes += ne * BYTES[q or ("fp32" if dtypes.get(i) == onnx.TensorProto.FLOAT and float_precision == "fp32" else float_precision)]
-        nbytes = in_bytes + out_n * BYTES.get(prec if prec in ("int8", "fp8") else float_precision, 2)
-        rows.append({"layer": n.name or f"{op}_{len(rows)}", "op_type": op, "precision": prec,
-                     "flops": flops, "bytes": nbytes, "cuda_core": cuda_core, "kernel": True})
-        for o in n.output:
-            kernel_of[o] = len(rows) - 1
-    if unknown:
-        notes.append(f"{unknown} conv/matmul nodes had shapes shape inference could not resolve; "
-                     f"their FLOPs are counted as 0")
-    return _finish(rows, g, batch, notes)
+            kind = "gemm"
+        if r.get("layer_type") in ("NoOp", "Shuffle") and r.get("fused_ops", 1) <= 1:
+            continue  # no kernel: TensorRT elides it
+        p = in_prec if flops and in_prec in ("int8", "fp8") else prec
+        ks.append(Kernel(r["name"], kind, p if p in BYTES else "fp16", flops=flops * scale,
+                         shape_eff=eff, dram_bytes=act * scale + wbytes,
+                         ops=[str(r.get("layer_type"))]))
+    return _finish(ks, g, batch, ["from the engine's own layer list (fusions as built)"],
+                   fit or fitted())
 
 
 # ------------------------------------------------------------------ validation
@@ -451,3 +414,161 @@ def validate_on_export(export, gpu="TITAN RTX") -> dict:
         out["per_layer"] = per.assign(error=err)[["layer", "op_type", "precision", "latency_ms",
                                                   "measured_ms", "error"]]
     return out
+
+
+# ------------------------------------------------------------------ truth table
+
+TRUTH_COLUMNS = ("id", "model", "precision", "batch", "shapes", "metric", "value", "trt_version",
+                 "fit", "group", "flags", "source", "note")
+METRICS = {"throughput_samples_s", "p90_latency_ms", "p99_latency_ms", "mean_latency_ms"}
+
+
+def truth_table(path: str | Path = TRUTH_CSV):
+    """The published L4 measurements, one row each, checked; plus `latency_ms` per batch."""
+    import pandas as pd
+
+    df = pd.read_csv(path, dtype={"trt_version": str})
+    missing = [c for c in TRUTH_COLUMNS if c not in df.columns]
+    if missing:
+        raise BadInput(f"{path}: missing columns {missing}")
+    bad = df[~df["metric"].isin(METRICS)]
+    if len(bad):
+        raise BadInput(f"{path}: unknown metric(s) {sorted(set(bad['metric']))}; know {sorted(METRICS)}")
+    df["latency_ms"] = np.where(df["metric"] == "throughput_samples_s",
+                                1000.0 * df["batch"] / df["value"], df["value"])
+    return df
+
+
+# ------------------------------------------------------------------ learning from measurements
+
+def _row_dims(row: dict) -> dict:
+    """Named non-batch axes of a row (from its recorded shapes), for re-estimating it."""
+    from .shapes import batch_axes
+
+    shapes = row.get("shapes") or {}
+    axes = dict(shapes.get("axes") or {}) if isinstance(shapes, dict) else {}
+    axes.update(row.get("dims") or {})
+    inputs = [i for i in (row.get("inputs") or []) if isinstance(i, dict) and i.get("shape")]
+    return {k: int(v) for k, v in axes.items() if k not in batch_axes(inputs)}
+
+
+def measured_rows(run_dir: Path) -> list[dict]:
+    from .store import Store
+
+    st = Store(run_dir)
+    try:
+        rows = st.rows()
+    finally:
+        st.close()
+    out = []
+    for r in rows:
+        src = str(r.get("latency_source") or "")
+        if not src.startswith("measured") or r.get("latency_ms") in (None, 0):
+            continue
+        if src != "measured-l4" and "L4" not in str(r.get("latency_gpu") or ""):
+            continue  # measured on another GPU: says nothing about the L4 constants
+        if not r.get("onnx_path"):
+            continue
+        out.append(r)
+    return out
+
+
+def _row_features(run_dir: Path, row: dict) -> dict:
+    path = Path(run_dir) / row["onnx_path"]
+    if not path.exists():
+        raise BadInput(f"row {row.get('trial_id') or row.get('key')}: ONNX {path} is missing")
+    import onnx
+
+    batch = int(row.get("latency_batch") or 1)
+    g = costmodel.kernels(onnx.load(str(path)), "L4", batch=batch,
+                          dynamic_dims=_row_dims(row) or None)
+    return costmodel.features(g.kernels, "L4")
+
+
+def calibrate_from(run_dir: str | Path, progress: bool = False) -> "object":
+    """Refit the constants on a run's measured L4 rows and save them in the run directory.
+
+    Rows count when they were measured on an L4 (latency_source "measured-l4") and keep their
+    ONNX; their shapes are re-estimated at the row's latency_batch and recorded axes.
+    Few rows pull the refit towards the shipped constants (each row is one equation in four
+    unknowns); the band comes from leave-one-out over those rows when there are at least 3.
+    Returns the before/after table (`calibration_table`)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise BadInput(f"run directory {run_dir} does not exist")
+    rows = measured_rows(run_dir)
+    if not rows:
+        raise BadInput(f"{run_dir} has no measured L4 rows (latency_source 'measured...' with "
+                       f"an onnx_path): import measurements first (`l4opt import`)")
+    shipped = fitted()
+    it = rows
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(rows, desc="re-estimating measured rows")
+    data, kept, skipped = [], [], []
+    for r in it:
+        try:
+            data.append({"features": _row_features(run_dir, r), "measured_ms": float(r["latency_ms"])})
+            kept.append(r)
+        except BadInput as exc:  # one lost artifact must not stop the others
+            skipped.append(f"{r.get('trial_id') or r.get('key')}: {exc}")
+    rows = kept
+    if not data:
+        raise BadInput(f"none of the {len(skipped)} measured rows of {run_dir} could be "
+                       f"re-estimated: {'; '.join(skipped[:3])}")
+    weight = 1.0 if len(data) < 6 else 0.3
+    c = costmodel.fit(data, start=shipped.constants, prior=shipped.constants, prior_weight=weight)
+    if len(data) >= 3:
+        errs = []
+        for i in range(len(data)):
+            rest = data[:i] + data[i + 1:]
+            ci = costmodel.fit(rest, start=shipped.constants, prior=shipped.constants,
+                               prior_weight=weight)
+            errs.append(costmodel.relative_error(costmodel.predict_ms(data[i]["features"], ci),
+                                                 data[i]["measured_ms"]))
+        q_lo, q_hi = costmodel.band_quantiles(errs, *BAND_QUANTILES)
+        src = (f"calibrated on {len(data)} measured L4 rows of {run_dir.name}; band = 10th-90th "
+               f"percentile of leave-one-out error")
+    else:
+        errs = []
+        q_lo, q_hi = shipped.q_low, shipped.q_high
+        src = f"calibrated on {len(data)} measured rows of {run_dir.name} (too few for LOO); " \
+              f"band from the shipped fit"
+    table = []
+    for r, d in zip(rows, data):
+        before = costmodel.predict_ms(d["features"], shipped.constants)
+        after = costmodel.predict_ms(d["features"], c)
+        table.append({"trial_id": r.get("trial_id") or r.get("key"), "workload": r.get("workload"),
+                      "recipe": r.get("recipe"), "batch": int(r.get("latency_batch") or 1),
+                      "measured_ms": d["measured_ms"], "est_before_ms": before,
+                      "error_before": costmodel.relative_error(before, d["measured_ms"]),
+                      "est_after_ms": after,
+                      "error_after": costmodel.relative_error(after, d["measured_ms"])})
+    out = {"schema_version": 1, "costmodel": costmodel.COSTMODEL_VERSION, "constants": c.to_dict(),
+           "band": {"q_low": q_lo, "q_high": q_hi, "quantiles": list(BAND_QUANTILES),
+                    "source": src, "loo_errors": errs},
+           "kind_errors": shipped.kind_errors,  # the user's rows do not split by kind
+           "shipped_constants": shipped.constants.to_dict(), "rows": table, "skipped": skipped}
+    from .store import atomic_write
+
+    atomic_write(run_dir / CALIBRATION_NAME, json.dumps(out, indent=1).encode())
+    return calibration_table(run_dir)
+
+
+def calibration_table(run_dir: str | Path):
+    """Estimate vs measured L4 latency before and after `calibrate_from`, one row per trial
+    (a DataFrame for the report); empty when the run was never calibrated."""
+    import pandas as pd
+
+    cols = ["trial_id", "workload", "recipe", "batch", "measured_ms", "est_before_ms",
+            "error_before", "est_after_ms", "error_after"]
+    path = Path(run_dir) / CALIBRATION_NAME
+    if not path.exists():
+        return pd.DataFrame(columns=cols)
+    try:
+        d = json.loads(path.read_text())
+        return pd.DataFrame(d["rows"], columns=cols)
+    except (ValueError, KeyError) as exc:
+        raise BadInput(f"{path} is not an l4opt calibration file ({exc}); rerun "
+                       f"`l4opt estimate --calibrate-from {run_dir}`") from exc

@@ -82,7 +82,7 @@ def source_label(source) -> str:
 def latency_axis_title(sources, batch=1) -> str:
     """The latency axis title: says whether the numbers are estimated or measured."""
     sources = [s for s in sources if source_kind(s)]
-    b = f", batch {batch}" if batch is not None else ""
+    b = "" if batch is None else f", {batch}" if isinstance(batch, str) else f", batch {batch}"
     if not sources:
         return f"L4 latency (ms{b})"
     kinds = {source_kind(s) for s in sources}
@@ -102,11 +102,13 @@ def latency_axis_title(sources, batch=1) -> str:
 def trials_frame(df):
     """The finished trials of a run as a DataFrame with the columns the plots read.
 
-    Accepts a DataFrame or a list of row dicts; tolerates missing optional columns. Adds
-    `name` (search candidate name or recipe), `group` ('sweep' or the search strategy),
-    `metric_drop` (from metric_delta when absent) and `cos_drop` (1 - mean cosine).
+    Accepts a DataFrame or a list of row dicts; tolerates missing optional columns. The ok trial
+    rows of l4opt.tables.trial_frame (`name`, `metric_drop`, `cos_drop`), plus `group` ('sweep'
+    or the search strategy) and numeric latency columns.
     """
     import pandas as pd
+
+    from .tables import trial_frame
 
     df = pd.DataFrame(df if df is not None else [])
     if "kind" in df:
@@ -114,23 +116,15 @@ def trials_frame(df):
     if "status" in df:
         df = df[df["status"].isna() | (df["status"] == "ok")]
     df = df.reset_index(drop=True).copy()
-    for c in ("recipe", "workload", "name", "strategy", "latency_source", "metric_name", "key",
-              "pareto"):
+    for c in ("strategy", "latency_source", "metric_name", "pareto"):
         if c not in df:
             df[c] = None
-    for c in ("latency_ms", "metric_drop", "metric_delta", "cos_mean"):
+    for c in ("latency_ms", "latency_low_ms", "latency_high_ms"):
         df[c] = pd.to_numeric(df[c], errors="coerce") if c in df else np.nan
-    if "metric_higher_is_better" in df:
-        hib = df["metric_higher_is_better"].map(lambda v: v is not False)
-    else:
-        hib = pd.Series(True, index=df.index)
-    derived = np.where(hib, -df["metric_delta"], df["metric_delta"])
-    df["metric_drop"] = df["metric_drop"].where(df["metric_drop"].notna(), derived)
-    df["cos_drop"] = 1.0 - df["cos_mean"]
-    df["name"] = df["name"].where(df["name"].notna(), df["recipe"]).astype(object)
+    df = trial_frame(df)
     df["name"] = df["name"].where(df["name"].notna(), pd.Series(df.index.astype(str)))
-    df["group"] = df["strategy"].where(df["strategy"].notna(), "sweep").astype(str)
     df["key"] = df["key"].where(df["key"].notna(), df["name"])
+    df["group"] = df["strategy"].where(df["strategy"].notna(), "sweep").astype(str)
     return df
 
 
@@ -156,13 +150,19 @@ def _ytitle(df, y: str) -> str:
 
 def _accuracy_traces(df, y: str, x: str, source: str):
     """Scatter traces (one per group and latency kind), the Pareto front, and what was left out."""
+    import pandas as pd
+
     go = _go()
+    raw = pd.DataFrame(df if df is not None else [])
+    noop = [str(n) for n in raw.get("recipe", pd.Series(dtype=object))[
+        raw.get("status", pd.Series(index=raw.index, dtype=object)) == "no-op"]] if len(raw) else []
     df = trials_frame(df)
     if source not in df:
         df[source] = None
-    df[x] = df[x].astype(float) if x in df else np.nan
+    df[x] = pd.to_numeric(df[x], errors="coerce") if x in df else np.nan
     has_y = df[y].notna()
-    has_x = df[x].notna() & df[source].map(lambda s: source_kind(s) is not None)
+    usable = df[x].map(lambda v: math.isfinite(v) and v > 0)
+    has_x = usable & df[source].map(lambda s: source_kind(s) is not None)
     plotted = df[has_x & has_y]
     missing = [str(n) for n in df.loc[has_y & ~has_x, "name"]]
     groups = list(dict.fromkeys(plotted["group"]))
@@ -185,6 +185,7 @@ def _accuracy_traces(df, y: str, x: str, source: str):
             stored = ["search Pareto: yes" if p is True else
                       "search Pareto: no" if p is False else "" for p in part["pareto"]]
             text = [labels_at.get(i, "") for i in part.index]
+            facts = [_row_facts(r) for _, r in part.iterrows()]
             traces.append(go.Scatter(
                 x=part[x].tolist(), y=part[y].tolist(),
                 mode="markers+text" if any(text) else "markers",
@@ -193,12 +194,13 @@ def _accuracy_traces(df, y: str, x: str, source: str):
                 name=name, legendgroup=kind,
                 marker={"symbol": SYMBOLS[kind], "size": 12, "color": color,
                         "line": {"width": 2, "color": color}},
-                customdata=[[n, esc(s), str(k), esc(group), st] for n, s, k, st in
-                            zip(names, part[source], part["key"], stored)],
+                error_x=_band_errors(part, x),
+                customdata=[[n, esc(s), str(k), esc(group), st, f] for n, s, k, st, f in
+                            zip(names, part[source], part["key"], stored, facts)],
                 hovertemplate="<b>%{customdata[0]}</b> (%{customdata[3]})<br>"
                               "latency %{x:.4g} ms, %{customdata[1]}<br>"
                               f"{Y_LABELS.get(y, y)} %{{y:.4g}}<br>%{{customdata[4]}}"
-                              "<extra></extra>"))
+                              "%{customdata[5]}<extra></extra>"))
     if len(plotted):
         front = plotted[pareto_mask(plotted[y], plotted[x])].sort_values(x)
         traces.append(go.Scatter(
@@ -206,7 +208,40 @@ def _accuracy_traces(df, y: str, x: str, source: str):
             legendgroup="pareto", line={"dash": "dot", "color": "#444", "shape": "hv"},
             marker={"symbol": "circle-open", "size": 22, "color": "#444", "line": {"width": 1}},
             hoverinfo="skip"))
-    return traces, {"sources": list(plotted[source]), "missing": missing, "frame": df}
+    return traces, {"sources": list(plotted[source]), "missing": missing, "frame": df,
+                    "noop": noop, "batches": sorted({int(b) for b in plotted.get(
+                        "latency_batch", pd.Series(dtype=float)).dropna()})}
+
+
+def _band_errors(part, x: str):
+    """The estimate's error band as asymmetric horizontal error bars (none when absent)."""
+    if x != "latency_ms" or "latency_low_ms" not in part or "latency_high_ms" not in part:
+        return None
+    lo, hi, v = part["latency_low_ms"], part["latency_high_ms"], part[x]
+    if not (lo.notna() | hi.notna()).any():
+        return None
+    plus = [max(0.0, h - c) if math.isfinite(_num(h)) else 0.0 for h, c in zip(hi, v)]
+    minus = [max(0.0, c - l) if math.isfinite(_num(l)) else 0.0 for l, c in zip(lo, v)]
+    return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus,
+            "thickness": 1.2, "width": 3}
+
+
+def _row_facts(r) -> str:
+    """Hover lines for what a row says about itself: collapse, layers at low precision,
+    latency band and batch."""
+    out = []
+    if r.get("collapsed") is True:
+        out.append(f"<br><b>COLLAPSED</b>: {esc(r.get('collapse_note') or '')}")
+    q, g = r.get("quantized_layers"), r.get("gemm_layers")
+    if q is not None and g is not None and _num(g) == _num(g):
+        out.append(f"<br>{_num(q):.0f} of {_num(g):.0f} GEMM/conv layers quantized")
+    lo, hi = _num(r.get("latency_low_ms")), _num(r.get("latency_high_ms"))
+    if math.isfinite(lo) and math.isfinite(hi):
+        out.append(f"<br>estimate band {lo:.4g} to {hi:.4g} ms")
+    b = _num(r.get("latency_batch"))
+    if math.isfinite(b):
+        out.append(f"<br>latency at batch {b:.0f}")
+    return "".join(out)
 
 
 def _merged_labels(plotted, x: str, y: str) -> dict:
@@ -236,16 +271,22 @@ def _text_side(v: float, xs) -> str:
     return "top right" if f < 0.2 else "top left" if f > 0.8 else "top center"
 
 
-def _missing_note(fig, missing, x_label="an L4 latency") -> None:
+def _missing_note(fig, missing, x_label="an L4 latency", noop=()) -> None:
+    lines = []
     if missing:
         shown = ", ".join(esc(m) for m in missing[:8]) + (" ..." if len(missing) > 8 else "")
-        fig.add_annotation(text=f"not plotted, without {x_label}: {shown}", showarrow=False,
-                           xref="paper", yref="paper", x=0, y=0, xanchor="left",
-                           yanchor="top", yshift=-62, font={"size": 11, "color": "#a15c00"})
+        lines.append(f"not plotted, without {x_label}: {shown}")
+    if noop:
+        shown = ", ".join(esc(m) for m in list(noop)[:8]) + (" ..." if len(noop) > 8 else "")
+        lines.append(f"not plotted, no-op (quantized no GEMM/conv, so no speed-up): {shown}")
+    for i, text in enumerate(lines):
+        fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0, y=0,
+                           xanchor="left", yanchor="top", yshift=-62 - 16 * i,
+                           font={"size": 11, "color": "#a15c00"})
 
 
 def accuracy_latency(df, y: str = "metric_drop", *, x: str = "latency_ms",
-                     source: str = "latency_source", batch=1, budget: float | None = None,
+                     source: str = "latency_source", batch=None, budget: float | None = None,
                      title: str | None = None):
     """Accuracy drift (`y`: 'metric_drop' or 'cos_drop') against L4 latency, one point per
     trial; the Pareto front drawn; estimated latencies open markers, measured filled; a
@@ -265,17 +306,20 @@ def accuracy_latency(df, y: str = "metric_drop", *, x: str = "latency_ms",
 
 
 def _layout_accuracy(fig, info, y, batch, title) -> None:
+    if batch is None:  # the rows say at which batch their latency is
+        bs = info.get("batches") or []
+        batch = bs[0] if len(bs) == 1 else ("see latency_batch" if bs else None)
     fig.update_layout(
         title=title or "Accuracy drift vs L4 latency",
         xaxis_title=latency_axis_title(info["sources"], batch),
         yaxis_title=_ytitle(info["frame"], y), template="plotly_white",
         legend={"groupclick": "toggleitem"}, height=480,
-        margin={"t": 80, "b": 110 if info["missing"] else 60})
-    _missing_note(fig, info["missing"])
+        margin={"t": 80, "b": 110 if info["missing"] or info.get("noop") else 60})
+    _missing_note(fig, info["missing"], noop=info.get("noop", ()))
 
 
 def accuracy_latency_switchable(df, *, x: str = "latency_ms", source: str = "latency_source",
-                                batch=1, title: str | None = None):
+                                batch=None, title: str | None = None):
     """accuracy_latency with a dropdown between task-metric drop and cosine drift. The
     dropdown is plotly's own (updatemenus), so it works in a static HTML file."""
     go = _go()
@@ -326,10 +370,14 @@ def sensitivity_bars(layers, top: int = 20, title: str | None = None):
         return fig
     df = df.sort_values(value, ascending=False).head(top).reset_index(drop=True)
     names = [esc(n) for n in df["layer"]]
-    extra = [c for c in ("only_drop", "only_cos_mean", "all_but_drop", "recovery", "rank")
-             if c in df]
+    extra = [c for c in ("only_drop", "only_cos_mean", "only_sqnr_db", "share_task",
+                         "share_drift", "all_but_drop", "recovery", "rank") if c in df]
     hover = ["<br>".join(f"{c} {_num(r[c]):.4g}" for c in extra) for _, r in df.iterrows()]
     series = [(value, "share of the total drift (only this layer quantized)")]
+    if value == "share" and "share_task" in df and "share_drift" in df:
+        series[0] = (value, "rank score: larger of the task-metric and the output-noise share")
+        series += [("share_task", "share of the task-metric drop (only this layer quantized)"),
+                   ("share_drift", "share of the output noise power (only this layer quantized)")]
     if "recovery" in df:
         series.append(("recovery", "metric recovered by keeping only this layer in high precision"))
     for i, (col, label) in enumerate(series):
@@ -343,9 +391,11 @@ def sensitivity_bars(layers, top: int = 20, title: str | None = None):
                       margin={"l": 10, "t": 80}, showlegend=False)
     if len(series) > 1:
         fig.update_layout(updatemenus=[_menu([
-            {"label": "share of drift" if i == 0 else "recovery", "method": "update",
+            {"label": {"share": "share of drift", "share_task": "task-metric share",
+                       "share_drift": "output-noise share", "recovery": "recovery"}.get(c, c),
+             "method": "update",
              "args": [{"visible": [j == i for j in range(len(series))]},
-                      {"xaxis.title.text": label}]} for i, (_, label) in enumerate(series)])])
+                      {"xaxis.title.text": label}]} for i, (c, label) in enumerate(series)])])
     return fig
 
 
@@ -385,6 +435,121 @@ def layer_latency(layers, top: int = 30, title: str | None = None, batch=None,
         xaxis_title=f"{esc(gpu)} latency (ms, estimated)", template="plotly_white",
         barmode="stack", legend_title_text="precision", height=max(300, 60 + 22 * len(df)),
         margin={"l": 10})
+    return fig
+
+
+# ------------------------------------------------------------------ mixed precision
+
+FORMAT_ORDER = ("int8", "fp8", "fp16")
+
+
+def precision_map(layers, title: str | None = None, gpu: str = "L4", batch=None,
+                  sensitivity: str = "sensitivity"):
+    """The chosen per-layer precision of a network: one bar per layer in graph order, its
+    height the layer's ESTIMATED L4 time, its colour the format (INT8 / FP8 / FP16), and a
+    line (right axis, log) with each layer's sensitivity (local relative noise power when
+    quantized in the recipe's format). `layers`: SearchResult.layer_map, its DataFrame, or a
+    saved search JSON ({"layer_map": [...]}); columns layer, format, and optionally
+    sensitivity, est_ms, op_type, kind, order."""
+    import pandas as pd
+
+    go = _go()
+    if isinstance(layers, dict):
+        layers = layers.get("layer_map") or layers.get("layers") or []
+    df = pd.DataFrame(layers if layers is not None else [])
+    fig = go.Figure()
+    if not len(df) or "layer" not in df or "format" not in df:
+        fig.add_annotation(text="no per-layer precision map", showarrow=False, xref="paper",
+                           yref="paper", x=0.5, y=0.5)
+        fig.update_layout(title=title or "Per-layer precision", template="plotly_white")
+        return fig
+    if "order" in df:
+        df = df.sort_values("order", kind="stable")
+    df = df.reset_index(drop=True)
+    labels = [f"{i + 1}. {esc(n)}" for i, n in enumerate(df["layer"])]
+    est = [_num(v) for v in df.get("est_ms", [math.nan] * len(df))]
+    sens = [_num(v) for v in df.get(sensitivity, [math.nan] * len(df))]
+    ops = [esc(o) for o in df.get("op_type", [""] * len(df))]
+    no_est = [str(n) for n, v in zip(df["layer"], est) if not math.isfinite(v)]
+    fmts = [str(f) for f in df["format"]]
+    for fmt in [f for f in FORMAT_ORDER if f in fmts] + sorted(set(fmts) - set(FORMAT_ORDER)):
+        idx = [i for i, f in enumerate(fmts) if f == fmt]
+        fig.add_trace(go.Bar(
+            x=[labels[i] for i in idx], y=[est[i] if math.isfinite(est[i]) else 0 for i in idx],
+            name=f"{esc(fmt).upper()} ({len(idx)})",
+            marker_color=PRECISION_COLORS.get(fmt, "#999"),
+            customdata=[[ops[i], esc(fmt), f"{sens[i]:.3g}" if math.isfinite(sens[i]) else "–",
+                         f"{est[i]:.4g} ms" if math.isfinite(est[i]) else "no estimate"]
+                        for i in idx],
+            hovertemplate="<b>%{x}</b> (%{customdata[0]})<br>format %{customdata[1]}<br>"
+                          "sensitivity %{customdata[2]}<br>est. L4 time %{customdata[3]}"
+                          "<extra></extra>"))
+    if any(math.isfinite(v) and v > 0 for v in sens):
+        fig.add_trace(go.Scatter(
+            x=labels, y=[v if math.isfinite(v) and v > 0 else None for v in sens],
+            mode="lines+markers", name="sensitivity (right axis)", yaxis="y2",
+            line={"color": "#444", "width": 1}, marker={"size": 5, "color": "#444"},
+            hovertemplate="<b>%{x}</b><br>sensitivity %{y:.3g}<extra></extra>"))
+    b = f", batch {batch}" if batch is not None else ""
+    total = sum(v for v in est if math.isfinite(v))
+    q8 = sum(f in ("int8", "fp8") for f, k in zip(fmts, df.get("kind", ["gemm"] * len(df)))
+             if k == "gemm")
+    ng = sum(k == "gemm" for k in df.get("kind", ["gemm"] * len(df)))
+    fig.update_layout(
+        title=title or (f"Per-layer precision: {q8} of {ng} GEMM/conv layers at 8 bits; "
+                        f"est. {esc(gpu)} time of these layers {total:.4g} ms{b} (ESTIMATED)"),
+        xaxis={"title": "layers in graph order", "type": "category", "tickangle": -60,
+               "categoryorder": "array", "categoryarray": labels,
+               "showticklabels": len(labels) <= 80},
+        yaxis={"title": f"{esc(gpu)} time per layer (ms, estimated{b})"},
+        yaxis2={"title": "sensitivity (relative noise power, log)", "overlaying": "y",
+                "side": "right", "type": "log", "showgrid": False},
+        barmode="overlay", template="plotly_white", height=520, bargap=0.15,
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
+        margin={"t": 100, "b": 180})
+    if no_est:
+        fig.add_annotation(text=f"{len(no_est)} layer(s) without an estimate drawn at 0: "
+                                + ", ".join(esc(n) for n in no_est[:5]), showarrow=False,
+                           xref="paper", yref="paper", x=0, y=0, xanchor="left",
+                           yanchor="top", yshift=-150, font={"size": 11, "color": "#a15c00"})
+    return fig
+
+
+def search_front(doc, title: str | None = None):
+    """A search's candidates (saved search JSON, or a list of candidate rows): accuracy drift
+    against ESTIMATED L4 latency with the estimate's error band as error bars, the Pareto
+    front, the budget and the chosen candidate starred."""
+    import pandas as pd
+
+    go = _go()
+    doc = doc if isinstance(doc, dict) else {"candidate_rows": list(doc or [])}
+    rows = pd.DataFrame(doc.get("candidate_rows") or [])
+    budget = doc.get("budget") or {}
+    y = "cos_drop" if budget.get("min_cosine") is not None else "metric_drop"
+    line = (1 - budget["min_cosine"]) if budget.get("min_cosine") is not None else \
+        budget.get("max_drop") if not budget.get("relative") else None
+    fig = accuracy_latency(rows, y=y, budget=line, title=title or "Search candidates: "
+                           "accuracy drift vs estimated L4 latency (error bars: estimate band)")
+    chosen = doc.get("chosen")
+    if chosen is not None and len(rows) and "name" in rows:
+        c = trials_frame(rows)
+        c = c[(c["name"] == chosen) & c["latency_ms"].notna()]
+        if "strategy" in c:
+            full = c[c["strategy"] != "bisect-screen"]
+            c = full if len(full) else c
+        if len(c):
+            r = c.iloc[0]
+            fig.add_trace(go.Scatter(
+                x=[float(r["latency_ms"])], y=[float(r[y])], mode="markers", name="chosen",
+                marker={"symbol": "star", "size": 18, "color": "#d62728"},
+                hovertemplate=f"<b>chosen: {esc(chosen)}</b><br>%{{x:.4g}} ms<extra></extra>"))
+    same = doc.get("indistinguishable") or []
+    if same:
+        fig.add_annotation(text="latency not distinguishable from the chosen one (bands "
+                                "overlap): " + ", ".join(esc(n) for n in same[:6])
+                                + (" ..." if len(same) > 6 else ""),
+                           showarrow=False, xref="paper", yref="paper", x=0, y=1.0,
+                           xanchor="left", yanchor="bottom", font={"size": 11})
     return fig
 
 

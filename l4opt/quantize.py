@@ -5,6 +5,10 @@ import contextlib
 import copy
 import io
 import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -28,17 +32,147 @@ def torch_config(recipe: Recipe) -> dict:
     return cfg
 
 
+UNCALLED_REASON = ("never called during calibration: its module's forward does not use it "
+                   "(e.g. nn.MultiheadAttention applies out_proj's weight functionally through "
+                   "F.multi_head_attention_forward, so ModelOpt's QuantLinear never runs); it "
+                   "stays in high precision")
+NO_AMAX_REASON = "called during calibration but ModelOpt recorded no amax for it"
+
+
+@contextlib.contextmanager
+def no_fastpath():
+    """PyTorch's fused inference fast path off (nn.TransformerEncoder(Layer) and
+    nn.MultiheadAttention in eval mode under no_grad run one aten kernel that never calls their
+    submodules, so ModelOpt's quantizers would neither calibrate nor fake-quantize)."""
+    import torch
+
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None:
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
+def _slow_path_hook(module, args):
+    """A no-op forward pre-hook: its presence alone makes nn.TransformerEncoderLayer take its
+    module-by-module path (PyTorch skips the fast path when hooks are attached)."""
+    return None
+
+
+def keep_slow_path(model) -> None:
+    """Make a quantized model run its quantizers whoever calls it, without global state:
+    every nn.TransformerEncoderLayer gets a no-op pre-hook (its fast path checks for hooks) and
+    every nn.TransformerEncoder stops converting to nested tensors. The hooks survive deepcopy."""
+    import torch.nn as nn
+
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoder):
+            m.use_nested_tensor = False
+        if isinstance(m, nn.TransformerEncoderLayer) and not getattr(m, "_l4opt_slow", False):
+            m.register_forward_pre_hook(_slow_path_hook)
+            m._l4opt_slow = True
+
+
+def _all_quantizers(model) -> dict[str, object]:
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, TensorQuantizer)}
+
+
+def missing_amax(model) -> list[str]:
+    """Enabled quantizers with no calibrated amax right now (ONNX export would refuse them)."""
+    return [n for n, q in quantizers(model).items()
+            if getattr(q, "amax", None) is None and not getattr(q, "_dynamic", False)]
+
+
+def uncalibrated_quantizers(model) -> list[dict]:
+    """[{"quantizer", "reason"}] that quantize_torch found uncalibrated and disabled."""
+    return list(getattr(model, "_l4opt_uncalibrated", []))
+
+
+def _advice(recipe: Recipe, model, exc: Exception) -> str:
+    """What to do about a ModelOpt calibration error, specific where the cause is known."""
+    import torch.nn as nn
+
+    if recipe.algorithm == "smoothquant" and isinstance(exc, IndexError):
+        zero = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+                and bool((m.weight.detach().abs().amax(0) == 0).any())]
+        if zero and recipe.smoothquant_alpha < 1:
+            return (f"layer(s) {', '.join(map(repr, zero[:5]))} have an all-zero weight column, so "
+                    f"SmoothQuant's scale (weight_max^(1-alpha) / act_max^alpha, alpha "
+                    f"{recipe.smoothquant_alpha}) is 0 there and ModelOpt 0.47's zero-scale "
+                    f"masking indexes it with a mask of the wrong shape; use smoothquant_alpha "
+                    f"1.0, add those layers to disabled_layers, or use int8-max")
+    other = "fp8-torch" if recipe.name == "int8-max" else "int8-max"
+    return (f"ModelOpt's {recipe.algorithm} calibration for {recipe.format} cannot handle this "
+            f"model; try another recipe (e.g. {other}), or disable the layer named in the "
+            f"traceback with the recipe's disabled_layers (the trial log holds the traceback)")
+
+
+class _ForwardFailed(Exception):
+    """The user's forward loop (their model or data) raised during calibration."""
+
+
 def quantize_torch(model, recipe: Recipe, forward_loop: Callable, progress=None):
-    """Insert quantizers into `model` (in place) and calibrate them with `forward_loop(model)`."""
+    """Insert quantizers into `model` (in place) and calibrate them with `forward_loop(model)`.
+
+    The loop runs with PyTorch's fused fast path off (no_fastpath) and the quantized model is
+    made to keep it off (keep_slow_path), so every quantizer sees data and runs when evaluated.
+    Enabled quantizers that calibration never reached (never called, or no amax) are disabled
+    and listed in `model._l4opt_uncalibrated` ([{quantizer, reason}], see
+    uncalibrated_quantizers). A ModelOpt error becomes StageFailed("calibration", ...)."""
     import modelopt.torch.quantization as mtq
 
     if not recipe.quantized or recipe.path != "torch-ptq":
         raise BadInput(f"recipe {recipe.name!r} is not a torch-PTQ recipe")
     cfg = torch_config(recipe)
-    with _quiet():
-        model = mtq.quantize(model, cfg, forward_loop)
-    if recipe.algorithm in ("entropy", "percentile"):
-        _histogram_recalibrate(model, recipe, forward_loop)
+    called: set[str] = set()
+
+    def loop(m):
+        hooks = [q.register_forward_hook(lambda *_, n=n: called.add(n))
+                 for n, q in _all_quantizers(m).items()]
+        try:
+            with no_fastpath():
+                forward_loop(m)
+        except Exception as exc:  # noqa: BLE001 - told apart from ModelOpt's own errors
+            raise _ForwardFailed(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def disable_unreached(m):
+        no_amax = set(missing_amax(m))
+        bad = [{"quantizer": n, "reason": UNCALLED_REASON if n not in called else NO_AMAX_REASON}
+               for n in quantizers(m) if n not in called or n in no_amax]
+        found = quantizers(m)
+        for b in bad:
+            found[b["quantizer"]].disable()
+        m._l4opt_uncalibrated = bad
+
+    keep_slow_path(model)
+    try:
+        with _quiet():
+            model = mtq.quantize(model, cfg, loop)
+        disable_unreached(model)
+        if recipe.algorithm in ("entropy", "percentile"):
+            _histogram_recalibrate(model, recipe, loop)
+    except _ForwardFailed as exc:
+        raise StageFailed("calibration", f"the model's forward pass raised during calibration "
+                          f"(with ModelOpt's quantizers inserted): {exc}; check that the "
+                          f"calibration data fit the model's inputs (the trial log holds the "
+                          f"traceback)") from exc.__cause__
+    except (StageFailed, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - ModelOpt's error, explained
+        raise StageFailed("calibration", f"ModelOpt {recipe.torch_preset()} ({recipe.algorithm}) "
+                          f"raised {type(exc).__name__}: {exc}; {_advice(recipe, model, exc)}"
+                          ) from exc
+    keep_slow_path(model)
     return model
 
 
@@ -91,38 +225,135 @@ def _histogram_recalibrate(model, recipe: Recipe, forward_loop: Callable) -> Non
             q.disable_calib()
 
 
+def calibration_shapes(shapes, n_calib: int) -> tuple[str | None, int]:
+    """ModelOpt's `calibration_shapes` spec ("x:64x30,mask:64x128") at the deployment batch
+    (at most the calibration set's size), and that batch. ModelOpt otherwise sets every
+    dynamic axis to 1, and its GEMV rule then excludes every MatMul of an MLP."""
+    if shapes is None:
+        return None, 1
+    b = max(1, min(int(shapes.batch), int(n_calib)))
+    spec = ",".join(f"{name}:{'x'.join(str(b if i == 0 else d) for i, d in enumerate(dims))}"
+                    for name, dims in shapes.inputs.items())
+    return spec, b
+
+
 def quantize_onnx(onnx_in: str, onnx_out: str, recipe: Recipe,
-                  calib_data: dict[str, np.ndarray]) -> None:
-    """ModelOpt ONNX PTQ with explicit calibration data (never ModelOpt's random fallback)."""
+                  calib_data: dict[str, np.ndarray], *, shapes=None, log=None) -> dict:
+    """ModelOpt ONNX PTQ with explicit calibration data (never ModelOpt's random fallback), at
+    the deployment batch of `shapes`. ModelOpt's log (DEBUG) is appended to `log`; returns
+    {"calib_batch": int, "reasons": {node: ModelOpt's reason for leaving it out}}."""
     import modelopt.onnx.quantization as moq
 
     if recipe.path != "onnx-ptq":
         raise BadInput(f"recipe {recipe.name!r} is not an ONNX-PTQ recipe")
-    if not calib_data or min(len(v) for v in calib_data.values()) == 0:
+    n = min(len(v) for v in calib_data.values()) if calib_data else 0
+    if n == 0:
         raise BadInput("ONNX PTQ needs calibration data; ModelOpt would calibrate on random "
                        "inputs without it")
+    spec, batch = calibration_shapes(shapes, n)
+    buf = io.StringIO()
+    work = tempfile.mkdtemp(prefix="l4opt-ptq-")
     try:
-        with _quiet():
+        # ModelOpt rewrites the file it is given (shape inference, node names): give it a
+        # copy, so the shared FP32 export keeps the content its hash and trial keys record
+        src = Path(work) / Path(onnx_in).name
+        shutil.copyfile(onnx_in, src)
+        data = Path(str(onnx_in) + ".data")
+        if data.exists():
+            shutil.copyfile(data, Path(work) / data.name)
+        with _quiet(buf):
             moq.quantize(
-                onnx_in, quantize_mode=recipe.format, calibration_method=recipe.algorithm,
+                str(src), quantize_mode=recipe.format, calibration_method=recipe.algorithm,
                 calibration_data=dict(calib_data), calibration_eps=["cpu"],
+                calibration_shapes=spec,
                 high_precision_dtype=recipe.high_precision_dtype,
                 nodes_to_exclude=list(recipe.nodes_to_exclude) or None,
-                output_path=onnx_out, log_level="ERROR")
+                output_path=onnx_out, log_level="DEBUG")
     except Exception as exc:
         raise StageFailed("onnx-ptq", f"ModelOpt ONNX quantization ({recipe.format}, "
                           f"{recipe.algorithm}) failed: {type(exc).__name__}: {exc}",
                           onnx_in) from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if log is not None:
+            with open(log, "a") as f:
+                f.write(f"l4opt: ModelOpt ONNX PTQ {recipe.format}/{recipe.algorithm} with "
+                        f"calibration_shapes={spec!r} (the deployment batch {batch})\n")
+                f.write(buf.getvalue())
+    return {"calib_batch": batch, "reasons": exclusion_reasons(buf.getvalue(), recipe, batch)}
+
+
+_REASONS = [
+    (re.compile(r"Excluding small-dim MatMul from quantization: (.+?) \((N=.*?, K=.*?), "
+                r"threshold=(\d+)\)"),
+     lambda m: f"small GEMM ({m[2]}; ModelOpt skips K or N < {m[3]}): no INT8/FP8 Tensor "
+               f"Core gain"),
+    (re.compile(r"Skipped quantizing conv: (.+?) due to non-constant weight"),
+     lambda m: "conv with a non-constant weight (ModelOpt)"),
+    (re.compile(r"Found Conv with I/O channel size less than 16: (.+)$"),
+     lambda m: "conv with fewer than 16 input/output channels (ModelOpt)"),
+    (re.compile(r"Found large filter conv for FP8: (.+)$"),
+     lambda m: "FP8 conv with a filter larger than 32 taps (ModelOpt)"),
+    (re.compile(r"Excluding small-channel Conv from FP8 quantization: (.+?) \((.*)\)"),
+     lambda m: f"small-channel conv for FP8 ({m[2]}) (ModelOpt)"),
+]
+
+
+def exclusion_reasons(log_text: str, recipe: Recipe, batch: int) -> dict[str, str]:
+    """Per excluded node, ModelOpt's reason, read from its DEBUG log of one quantize call."""
+    import ast
+
+    reasons: dict[str, str] = {}
+    for line in log_text.splitlines():
+        msg = line.split(" - DEBUG - ", 1)[-1].split(" - INFO - ", 1)[-1].strip()
+        for rx, why in _REASONS:
+            m = rx.search(msg)
+            if m:
+                reasons.setdefault(m[1].strip(), why(m))
+                break
+        else:
+            for head, why in (("Matmul nodes to exclude: ",
+                               f"GEMV at the calibration batch {batch} (M or N = 1): no Tensor "
+                               f"Core gain, so ModelOpt leaves it unquantized for TensorRT"),
+                              ("Matmul nodes From MHA to exclude: ",
+                               "attention MatMul outside TensorRT's fused-MHA pattern "
+                               "(ModelOpt)")):
+                if msg.startswith(head):
+                    try:
+                        names = ast.literal_eval(msg[len(head):])
+                    except (ValueError, SyntaxError):
+                        names = []
+                    for name in names:
+                        reasons.setdefault(str(name), why)
+    return reasons
+
+
+def explain_unquantized(gemms: list[str], quantized: list[str], reasons: dict,
+                        recipe: Recipe) -> list[dict]:
+    """[{node, reason}] for every GEMM/conv node left in high precision."""
+    done = set(quantized)
+    out = []
+    for node in gemms:
+        if node in done:
+            continue
+        why = reasons.get(node)
+        if why is None:
+            pat = next((p for p in recipe.nodes_to_exclude if re.search(p, node)), None)
+            why = (f"matches the recipe's nodes_to_exclude {pat!r}" if pat is not None else
+                   "left in high precision by ModelOpt's Q/DQ placement (no reason in its log)")
+        out.append({"node": node, "reason": why})
+    return out
 
 
 @contextlib.contextmanager
-def _quiet():
-    """Keep ModelOpt's per-quantizer chatter out of the user's terminal (errors still raise)."""
+def _quiet(buf=None):
+    """Keep ModelOpt's per-quantizer chatter out of the user's terminal (errors still raise);
+    what it prints to stdout goes to `buf` when given."""
     loggers = [logging.getLogger(n) for n in ("modelopt", "modelopt.onnx", "root")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
-    buf = io.StringIO()
+    buf = io.StringIO() if buf is None else buf
     try:
         with contextlib.redirect_stdout(buf):
             yield

@@ -1,8 +1,12 @@
 """Named, versioned precision recipes and the L4 capability check."""
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import json
-from dataclasses import asdict, dataclass, fields
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import BadInput, UnsupportedOnL4
@@ -51,6 +55,9 @@ class Recipe:
     high_precision_dtype: str = "fp16"
     disabled_layers: tuple[str, ...] = ()
     nodes_to_exclude: tuple[str, ...] = ()
+    # ONNX node-name regex (re.match) -> "int8" | "fp8" | "fp16": a per-layer precision map for
+    # the ONNX-PTQ path (l4opt.mixed); first matching pattern wins, other layers take `format`
+    layer_formats: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -70,8 +77,12 @@ class Recipe:
             raise BadInput(f"recipe {self.name!r}: a quantizing recipe needs format fp8 or int8")
         if self.algorithm == "smoothquant" and self.format != "int8":
             raise BadInput(f"recipe {self.name!r}: SmoothQuant is an INT8 algorithm")
-        object.__setattr__(self, "disabled_layers", tuple(self.disabled_layers))
-        object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))
+        _check_numbers(self)
+        object.__setattr__(self, "disabled_layers", _names(self.name, "disabled_layers",
+                                                           self.disabled_layers))
+        object.__setattr__(self, "nodes_to_exclude", _names(self.name, "nodes_to_exclude",
+                                                            self.nodes_to_exclude, regex=True))
+        object.__setattr__(self, "layer_formats", _layer_formats(self))
 
     @property
     def quantized(self) -> bool:
@@ -85,12 +96,15 @@ class Recipe:
         d = self.to_dict()
         d.pop("name")
         d.pop("description")
+        if not d["layer_formats"]:
+            d.pop("layer_formats")  # recipes without a map keep the keys they had before
         return d
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["disabled_layers"] = list(self.disabled_layers)
         d["nodes_to_exclude"] = list(self.nodes_to_exclude)
+        d["layer_formats"] = dict(self.layer_formats)
         return d
 
     @classmethod
@@ -139,6 +153,119 @@ class Recipe:
             raise BadInput(f"recipe file {path} is not valid {path.suffix[1:] or 'JSON'}: "
                            f"{exc}") from exc
         return cls.from_dict(d)
+
+
+class _FormatMap(dict):
+    """layer_formats as a plain dict that hashes (Recipe is a frozen, hashable dataclass)."""
+
+    def __hash__(self):
+        return hash(tuple(self.items()))
+
+
+def _layer_formats(r: "Recipe") -> dict:
+    """layer_formats checked: regex keys, values int8/fp8/fp16, only on the ONNX-PTQ path."""
+    value = r.layer_formats if r.layer_formats is not None else {}
+    if not isinstance(value, dict):
+        raise BadInput(f"recipe {r.name!r}: layer_formats must be a mapping of ONNX node-name "
+                       f"regex -> int8|fp8|fp16, got {type(value).__name__}")
+    if value and r.path != "onnx-ptq":
+        raise BadInput(f"recipe {r.name!r}: layer_formats applies to the onnx-ptq path only "
+                       f"(this recipe is {r.path}); torch-ptq recipes keep layers in high "
+                       f"precision with disabled_layers")
+    for k, v in value.items():
+        if not isinstance(k, str) or not k.strip():
+            raise BadInput(f"recipe {r.name!r}: layer_formats key {k!r} must be a non-empty "
+                           f"ONNX node-name regex")
+        try:
+            re.compile(k)
+        except re.error as exc:
+            raise BadInput(f"recipe {r.name!r}: layer_formats key {k!r} is not a valid regular "
+                           f"expression: {exc}") from exc
+        check_l4(str(v))
+        if v not in FORMATS:
+            raise BadInput(f"recipe {r.name!r}: layer_formats[{k!r}] = {v!r}; choose one of "
+                           f"{FORMATS}")
+    return _FormatMap(value)
+
+
+def _check_numbers(r: "Recipe") -> None:
+    """percentile in (0, 100], SmoothQuant alpha in [0, 1]: the ranges ModelOpt means."""
+    for field_name, v, ok, rng in (
+            ("percentile", r.percentile, lambda v: 0 < v <= 100, "(0, 100]"),
+            ("smoothquant_alpha", r.smoothquant_alpha, lambda v: 0 <= v <= 1, "[0, 1]")):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or not ok(v):
+            raise BadInput(f"recipe {r.name!r}: {field_name} must be a number in {rng}, got "
+                           f"{v!r}" + (" (a percentile, e.g. 99.99, not a fraction)"
+                                       if field_name == "percentile" and v == 0 else ""))
+
+
+def _names(recipe: str, field_name: str, value, regex: bool = False) -> tuple[str, ...]:
+    """A list of layer names/patterns; a bare string is refused (it would be read letter by
+    letter or silently as one name the user did not mean as a list)."""
+    if isinstance(value, str):
+        raise BadInput(f"recipe {recipe!r}: {field_name} must be a list of names, got the "
+                       f"string {value!r}; write [{value!r}] (YAML: {field_name}: [{value}])")
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise BadInput(f"recipe {recipe!r}: {field_name} must be a list of names, got "
+                       f"{type(value).__name__}")
+    out = []
+    for v in value:
+        if not isinstance(v, str) or not v.strip():
+            raise BadInput(f"recipe {recipe!r}: {field_name} holds {v!r}; every entry must be "
+                           f"a non-empty name")
+        if regex:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise BadInput(f"recipe {recipe!r}: {field_name} entry {v!r} is not a valid "
+                               f"regular expression: {exc}") from exc
+        out.append(v)
+    return tuple(out)
+
+
+def _module_matches(pattern: str, name: str) -> bool:
+    """As ModelOpt applies a disabled layer: quantizer names '<module>.<quantizer>' matched
+    by the wildcard '<pattern>.*' (so 'encoder' covers every module under it)."""
+    return fnmatch.fnmatchcase(name, pattern) or \
+        fnmatch.fnmatchcase(f"{name}.input_quantizer", f"{pattern}.*")
+
+
+def unmatched_layers(recipe: "Recipe", module_names=None, onnx_node_names=None) -> list[str]:
+    """The recipe's layer names/patterns that match no layer of the model: disabled_layers
+    against torch module names, nodes_to_exclude (and layer_formats keys) against ONNX node
+    names (re.match, as ModelOpt does). A list not given is not checked."""
+    out = []
+    if module_names is not None:
+        mods = [m for m in module_names if m]
+        out += [p for p in recipe.disabled_layers
+                if not any(_module_matches(p, m) for m in mods)]
+    if onnx_node_names is not None:
+        nodes = list(onnx_node_names)
+        patterns = list(recipe.nodes_to_exclude) + list(getattr(recipe, "layer_formats", {}) or {})
+        out += [p for p in patterns if not any(re.match(p, n) for n in nodes)]
+    return out
+
+
+def check_layers(recipe: "Recipe", module_names=None, onnx_node_names=None) -> None:
+    """Raise BadInput naming every layer of the recipe that matches nothing in the model, with
+    the closest real names, so a typo never silently quantizes the layer it meant to keep."""
+    bad = unmatched_layers(recipe, module_names, onnx_node_names)
+    if not bad:
+        return
+    mods, nodes = list(module_names or []), list(onnx_node_names or [])
+    lines = []
+    for p in bad:
+        pool = mods if p in recipe.disabled_layers else nodes
+        kind = "torch module" if pool is mods else "ONNX node"
+        close = difflib.get_close_matches(p, pool, n=3, cutoff=0.5)
+        lines.append(f"{p!r} matches no {kind}" +
+                     (f" (close: {', '.join(close)})" if close else ""))
+    raise BadInput(f"recipe {recipe.name!r}: {len(bad)} layer name(s) match nothing in the "
+                   f"model: " + "; ".join(lines) + ". Fix the names (disabled_layers are torch "
+                   f"module names or wildcards, nodes_to_exclude ONNX node-name regexes)")
 
 
 def check_l4(fmt: str) -> None:

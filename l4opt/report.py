@@ -29,18 +29,27 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 code{background:#f5f5f5;padding:0 3px;border-radius:3px}nav a{margin-right:1em}
 """
 
-SWEEP_COLUMNS = ["workload", "recipe", "status", "format", "path", "algorithm", "metric_name",
-                 "metric", "metric_delta", "cos_mean", "cos_min", "sqnr_db", "drift_backend",
-                 "latency_ms", "latency_source", "latency_estimate_ms", "throughput_samples_s",
-                 "throughput_batch", "pareto_here", "quantized_layers", "error"]
-SEARCH_COLUMNS = ["workload", "name", "strategy", "met", "pareto", "fraction_quantized",
-                  "metric_drop", "cos_mean", "sqnr_db", "latency_ms", "latency_opt_ms",
-                  "latency_batch", "latency_source", "pareto_here"]
-SENS_COLUMNS = ["rank", "layer", "share", "only_drop", "only_cos_mean", "all_but_drop",
-                "recovery"]
+SWEEP_COLUMNS = ["workload", "recipe", "status", "collapsed", "format", "path", "algorithm",
+                 "metric_name", "metric", "metric_delta", "cos_mean", "cos_min", "sqnr_db",
+                 "drift_backend", "quantized_layers", "gemm_layers", "latency_ms",
+                 "latency_low_ms", "latency_high_ms", "latency_band_source", "latency_batch",
+                 "latency_source",
+                 "est_latency_ms", "throughput_samples_s", "throughput_batch", "shapes",
+                 "pareto_here", "error"]
+SEARCH_COLUMNS = ["workload", "name", "strategy", "met", "pareto", "eval_samples",
+                  "fraction_quantized", "int8_layers", "fp8_layers", "fp16_layers",
+                  "metric_drop", "cos_mean", "sqnr_db", "drift_backend", "latency_ms",
+                  "latency_low_ms", "latency_high_ms", "latency_batch", "latency_source",
+                  "pareto_here"]
+SENS_COLUMNS = ["rank", "layer", "kind", "share", "share_task", "share_drift", "only_drop",
+                "only_cos_mean", "only_sqnr_db", "all_but_drop", "recovery", "local_int8",
+                "local_fp8"]
+LAYER_COLUMNS = ["layer", "op_type", "kind", "format", "sensitivity", "local_int8", "local_fp8",
+                 "est_ms"]
 FINDING_COLUMNS = ["kind", "layer", "time_ms", "share", "message"]
 SOURCE_MEANING = {
-    "estimated": "l4opt's roofline cost model (not a measurement; a ranking aid)",
+    "estimated": "l4opt's L4 cost model fitted on published L4 results (not a measurement; "
+                 "its band is the leave-one-out error)",
     "measured": "a TensorRT engine timed on that GPU (trtexec or l4opt.trt)",
 }
 
@@ -79,6 +88,13 @@ def _load_json_dir(d: Path) -> list[tuple[str, dict]]:
     return out
 
 
+def load_searches(run_dir) -> list[tuple[str, dict]]:
+    """The saved searches of a run directory (RUN_DIR/search/*.json) as (file stem, document)
+    pairs in file order; an unreadable file is kept as {"error": ...}. The report and the
+    dashboard both read searches through this."""
+    return _load_json_dir(Path(run_dir) / "search")
+
+
 def load_run(run_dir) -> dict:
     """Trials, sensitivity and lint results of a run directory, as the report reads them."""
     run_dir = Path(run_dir)
@@ -88,20 +104,13 @@ def load_run(run_dir) -> dict:
     rows, notes = _read_rows(run_dir)
     return {"run_dir": run_dir, "rows": [r for r in rows if r.get("kind", "trial") == "trial"],
             "notes": notes, "sensitivity": _load_json_dir(run_dir / "sensitivity"),
-            "lint": _load_json_dir(run_dir / "lint")}
+            "lint": _load_json_dir(run_dir / "lint"),
+            "search": load_searches(run_dir)}
 
 
 # ------------------------------------------------------------------ pieces
 
-def _fmt(v):
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        return f"{v:.4g}"
-    return v
-
-
-def latency_header(sources, what: str = "L4 latency ms, batch 1") -> str:
+def latency_header(sources, what: str = "L4 latency ms at latency_batch") -> str:
     """A column header that says whether the numbers under it are estimated or measured."""
     from .plots import ESTIMATED, MEASURED, source_gpu, source_kind
 
@@ -114,49 +123,77 @@ def latency_header(sources, what: str = "L4 latency ms, batch 1") -> str:
 
 
 def html_table(df, columns, rename=None, max_rows: int | None = None) -> str:
-    """A DataFrame as an escaped HTML table: listed columns that exist, in order."""
-    cols = [c for c in columns if c in df.columns]
-    shown = df[cols].copy()
-    if max_rows is not None:
-        shown = shown.head(max_rows)
-    for c in shown.columns:
-        shown[c] = [_cell(v) for v in shown[c]]
-    shown = shown.rename(columns=rename or {})
-    return "<div class=tbl>" + shown.to_html(index=False, escape=True, na_rep="–", border=0) \
-        + "</div>"
+    """A DataFrame as an escaped HTML table of the listed columns that exist, formatted as
+    l4opt.tables formats every table (statuses as row_status says, 0.99996 never '1', 0 never
+    '-0')."""
+    from . import tables
 
-
-def _cell(v):
-    if isinstance(v, (list, tuple, dict)):
-        return json.dumps(v, default=str)[:200]
-    if v is None:
-        return "–"
-    return _fmt(v)
+    shown = df.head(max_rows) if max_rows is not None else df
+    return "<div class=tbl>" + tables.html_table(shown, columns, rename) + "</div>"
 
 
 def _sweep_table(df) -> str:
     src = list(df.get("latency_source", []))
     rename = {
         "latency_ms": latency_header(src),
-        "latency_estimate_ms": "L4 latency ms, batch 1 (estimated; kept beside a measurement)",
+        "latency_low_ms": "estimate band low (ms)",
+        "latency_high_ms": "estimate band high (ms)",
+        "latency_band_source": "where the band comes from",
+        "est_latency_ms": "L4 latency ms (estimated; kept beside a measurement)",
         "throughput_samples_s": "L4 samples/s at throughput_batch (estimated)",
-        "pareto_here": "on the Pareto front (drop vs batch-1 latency)",
+        "pareto_here": "on the Pareto front (drop vs latency)",
         "metric_delta": "metric change vs unquantized",
+        "quantized_layers": "GEMM/conv layers quantized",
+        "gemm_layers": "GEMM/conv layers",
     }
-    return html_table(df, SWEEP_COLUMNS, rename)
+    return html_table(_hide_bad_latency(df), SWEEP_COLUMNS, rename)
+
+
+def _valid_latency(v) -> bool:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(f) and f > 0
+
+
+def _hide_bad_latency(df):
+    """A latency that is 0, NaN or missing is never shown as a result: its cells read '–'."""
+    if "latency_ms" not in df:
+        return df
+    bad = ~df["latency_ms"].map(_valid_latency)
+    df = df.copy()
+    for c in ("latency_ms", "latency_low_ms", "latency_high_ms", "throughput_samples_s"):
+        if c in df:
+            df[c] = df[c].astype(object).where(~bad, None)
+    return df
+
+
+def _bad_latency_note(df) -> str:
+    if "latency_ms" not in df or not len(df):
+        return ""
+    names = [str(n) for n, v in zip(df["name"] if "name" in df else df["recipe"], df["latency_ms"])
+             if not _valid_latency(v)]
+    if not names:
+        return ""
+    return (f"<p class=note>No L4 latency shown for {len(names)} trial(s) (0, NaN or missing; "
+            f"never plotted or ranked as results): {e(', '.join(names[:12]))}"
+            f"{' ...' if len(names) > 12 else ''}</p>")
 
 
 def _search_table(df) -> str:
     src = list(df.get("latency_source", []))
     rename = {
         "latency_ms": latency_header(src),
-        "latency_opt_ms": latency_header(src, "L4 latency ms at latency_batch"),
+        "latency_low_ms": "estimate band low (ms)",
+        "latency_high_ms": "estimate band high (ms)",
         "pareto": "search Pareto flag (stored)",
-        "pareto_here": "on the Pareto front (drop vs batch-1 latency)",
+        "pareto_here": "on the Pareto front (drop vs latency)",
         "met": "meets budget",
+        "eval_samples": "samples (screen = subset)",
     }
     df = df.sort_values(["workload", "strategy", "latency_ms"], na_position="last")
-    return html_table(df, SEARCH_COLUMNS, rename)
+    return html_table(_hide_bad_latency(df), SEARCH_COLUMNS, rename)
 
 
 def _with_pareto(df):
@@ -168,7 +205,8 @@ def _with_pareto(df):
     out = np.zeros(len(df), bool)
     for _, idx in df.groupby("workload", dropna=False).groups.items():
         sub = df.loc[idx]
-        has = sub["latency_source"].map(lambda s: source_kind(s) is not None)
+        has = sub["latency_source"].map(lambda s: source_kind(s) is not None) & \
+            sub["latency_ms"].map(_valid_latency)
         lat = sub["latency_ms"].where(has)
         out[df.index.get_indexer(idx)] = pareto_mask(sub["metric_drop"], lat)
     return df.assign(pareto_here=out)
@@ -225,6 +263,100 @@ def _provenance(rows, data) -> list[str]:
     return parts
 
 
+def _counts(all_df) -> tuple[int, int]:
+    """(sweep trials, search candidates) among all trial rows, whatever their status."""
+    if not len(all_df):
+        return 0, 0
+    strat = all_df["strategy"] if "strategy" in all_df else None
+    if strat is None:
+        return len(all_df), 0
+    sweep = int(strat.map(lambda v: v is None or v != v).sum())
+    return sweep, len(all_df) - sweep
+
+
+def _by_output(row) -> list[dict]:
+    tm = row.get("tensor_metrics_by_output")
+    if not isinstance(tm, dict) or len(tm) < 2:  # one output: the row's own figures
+        return []
+    return [{"output": str(name), **{k: (m or {}).get(k) for k in
+                                     ("cos_mean", "cos_min", "sqnr_db", "max_abs_err")}}
+            for name, m in tm.items() if isinstance(m, dict) or m is None]
+
+
+def _exclusions(row) -> list[dict]:
+    ex = row.get("excluded_layers")
+    if not isinstance(ex, (list, tuple)):
+        return []
+    return [{"node": str(x.get("node", "")), "reason": str(x.get("reason", ""))}
+            if isinstance(x, dict) else {"node": str(x), "reason": "(no reason recorded)"}
+            for x in ex]
+
+
+def _trial_details(rows) -> list[str]:
+    """Per trial, folded: each output's drift (models with several outputs) and every layer
+    left unquantized with ModelOpt's reason, for every trial that has them."""
+    import pandas as pd
+
+    out = ["<h3 id=details>Per-trial details: outputs and layers left unquantized</h3>"]
+    shown = 0
+    for r in rows:
+        outs, ex = _by_output(r), _exclusions(r)
+        if not outs and not ex:
+            continue
+        shown += 1
+        name = r.get("name") or r.get("recipe")
+        what = [f"{len(outs)} outputs" if outs else "", f"{len(ex)} layers left unquantized"
+                if ex else ""]
+        out.append(f"<details><summary>{e(str(r.get('workload')))} / {e(str(name))} "
+                   f"({e(str(r.get('status', '?')))}): {e(', '.join(x for x in what if x))}"
+                   f"</summary>")
+        if outs:
+            out.append("<p class=note>Drift per output (the row's cos_mean/cos_min are the "
+                       "worst output's; its SQNR is over all outputs):</p>")
+            out.append(html_table(pd.DataFrame(outs), ["output", "cos_mean", "cos_min",
+                                                        "sqnr_db", "max_abs_err"]))
+        if ex:
+            out.append("<p class=note>Layers left in high precision, with the reason:</p>")
+            out.append(html_table(pd.DataFrame(ex), ["node", "reason"]))
+        out.append("</details>")
+    if not shown:
+        out.append("<p class=note>no trial here has several outputs or layers left "
+                   "unquantized</p>")
+    return out
+
+
+def _calibration_section(run_dir) -> list[str]:
+    """The estimator's before/after table on this run's measured L4 rows (nothing when the run
+    has no measured L4 rows)."""
+    from . import estimate
+
+    try:
+        measured = estimate.measured_rows(Path(run_dir))
+    except Exception:  # a read-only or odd store: the section is an extra, never a failure
+        measured = []
+    if not measured:
+        return []
+    out = ["<h2 id=calibration>Estimate vs measured on this L4</h2>"]
+    try:
+        table = estimate.calibration_table(run_dir)
+    except BadInput as exc:
+        return out + [f"<p class=bad>{e(str(exc))}</p>"]
+    if not len(table):
+        return out + [f"<p class=note>{len(measured)} trial(s) here were measured on an L4, but "
+                      f"the estimator was not calibrated on them: run <code>l4opt estimate "
+                      f"--calibrate-from {e(str(run_dir))}</code> to see the estimate's error "
+                      f"before and after.</p>"]
+    out.append("<p class=note>L4 latency the cost model estimated for each measured trial with "
+               "its shipped constants (before) and with constants refitted on this run's "
+               "measurements (after); errors are relative to the measurement. The refit is "
+               "used by estimates made with this run directory's calibration.</p>")
+    rename = {"measured_ms": "measured L4 ms", "est_before_ms": "estimated ms (shipped fit)",
+              "error_before": "error (shipped fit)", "est_after_ms": "estimated ms (refit)",
+              "error_after": "error (refit)"}
+    out.append(html_table(table, list(table.columns), rename))
+    return out
+
+
 # ------------------------------------------------------------------ the page
 
 def build_html(run_dir, title: str | None = None) -> str:
@@ -248,7 +380,10 @@ def build_html(run_dir, title: str | None = None) -> str:
 
     df = plots.trials_frame(pd.DataFrame(rows))
     all_df = pd.DataFrame(rows)
-    failed = all_df[all_df["status"] != "ok"] if "status" in all_df else all_df.iloc[0:0]
+    failed = all_df[all_df["status"] == "failed"] if "status" in all_df else all_df.iloc[0:0]
+    noop = all_df[all_df["status"] == "no-op"] if "status" in all_df else all_df.iloc[0:0]
+    collapsed = all_df[all_df["collapsed"].map(lambda v: v is True)] if "collapsed" in all_df \
+        else all_df.iloc[0:0]
     if len(df):
         df = _with_pareto(df)
     sweep_df = df[df["group"] == "sweep"] if len(df) else df
@@ -256,32 +391,52 @@ def build_html(run_dir, title: str | None = None) -> str:
     title = title or f"l4opt report: {run_dir.resolve().name}"
     sources = sorted({str(s) for s in df.get("latency_source", []) if plots.source_kind(s)})
     p: list[str] = [f"<h1>{e(title)}</h1>"]
-    p.append(f"<p class=note>{len(sweep_df)} sweep trials, {len(search_df)} search candidates, "
-             f"{len(failed)} failed; workloads: "
-             f"{e(', '.join(sorted({str(w) for w in df.get('workload', [])})) or 'none')}</p>")
+    n_sweep, n_search = _counts(all_df)
+    workloads = sorted({str(w) for w in all_df.get("workload", []) if w == w and w is not None})
+    p.append(f"<p class=note>{n_sweep} sweep trials ({len(sweep_df)} ok), {n_search} search "
+             f"candidates, {len(failed)} failed, {len(noop)} no-op; workloads: "
+             f"{e(', '.join(workloads)) or 'none'}</p>")
     p.append("<nav><a href='#summary'>Summary</a><a href='#chart'>Accuracy vs latency</a>"
-             "<a href='#sensitivity'>Per-layer sensitivity</a><a href='#lint'>Engine lint</a>"
+             "<a href='#mixed'>Mixed precision</a><a href='#sensitivity'>Per-layer sensitivity</a>"
+             "<a href='#lint'>Engine lint</a><a href='#details'>Per-trial details</a>"
              "<a href='#batch'>Batch-size curves</a><a href='#provenance'>Provenance</a></nav>")
     if any(plots.source_kind(s) == plots.ESTIMATED for s in sources):
         p.append("<p class=est>L4 latencies marked <b>estimated</b> come from l4opt's cost model "
-                 "(a roofline per kernel), not from an L4: use them to rank recipes, not as "
-                 "measurements. In the charts they are open markers; measured ones are "
+                 "(TensorRT's fusions and kernels priced per kernel, fitted on published MLPerf L4 "
+                 "results), not from an L4; each carries the band of the model's leave-one-out "
+                 "error. Use them to rank recipes, not as measurements. In the charts they are open markers; measured ones are "
                  "filled. CPU timings of this workbench are never shown as L4 latency.</p>")
 
     p.append("<h2 id=summary>Summary</h2>")
     if len(sweep_df):
         p.append(_sweep_table(sweep_df))
+        p.append(_bad_latency_note(sweep_df))
     else:
         p.append("<p>no finished sweep trials in this run</p>")
     if len(search_df):
         p.append("<h3>Mixed-precision search candidates</h3>")
-        p.append("<p class=note>Each candidate keeps some layers in high precision; drift "
-                 "measured on the fake-quantized torch model. The chosen recipe is re-run "
-                 "through the sweep (its row is in the table above).</p>")
+        backends = sorted({str(b) for b in search_df.get("drift_backend", []) if b == b and b})
+        p.append("<p class=note>Each candidate sets some layers to another format or to high "
+                 f"precision; drift measured with {e(', '.join(backends) or 'unknown')}. "
+                 "Strategy 'bisect-screen' rows were measured on a subset of the evaluation "
+                 "set only. Each search's saved recipe is re-run through the sweep; what that "
+                 "sweep measured is the search's answer (see Mixed precision below).</p>")
         p.append(_search_table(search_df))
+    if len(collapsed):
+        p.append("<h3 class=bad>Collapsed trials</h3><p class=note>Drift far past a sensible "
+                 "threshold; the likely cause and what to do:</p>")
+        p.append(html_table(collapsed, ["workload", "recipe", "cos_mean", "metric_delta",
+                                        "collapse_note"]))
+    if len(noop):
+        p.append("<h3>No-op trials</h3><p class=note>These quantizing recipes quantized no "
+                 "GEMM/conv layer: not a result and never plotted as a speed-up.</p>")
+        p.append(html_table(noop, ["workload", "recipe", "status", "format", "quantized_layers",
+                                   "gemm_layers", "excluded_layers", "notes"]))
     if len(failed):
         p.append("<h3 class=bad>Failed trials</h3>")
         p.append(html_table(failed, ["workload", "recipe", "error"]))
+    p.extend(_trial_details(rows))
+    p.extend(_calibration_section(run_dir))
 
     p.append("<h2 id=chart>Accuracy drift vs L4 latency</h2>")
     p.append("<p class=note>One point per trial; the dotted line is the Pareto front (no other "
@@ -294,6 +449,13 @@ def build_html(run_dir, title: str | None = None) -> str:
     else:
         p.append("<p>no finished trials in this run</p>")
 
+    p.append("<h2 id=mixed>Mixed precision (search)</h2>")
+    if not data["search"]:
+        p.append("<p>none in this run (<code>l4opt search WORKLOAD --recipe R --min-cosine C "
+                 "--out RUN_DIR</code>)</p>")
+    for name, d in data["search"]:
+        p.extend(_search_section(name, d, fig_html))
+
     p.append("<h2 id=sensitivity>Per-layer sensitivity</h2>")
     if not data["sensitivity"]:
         p.append("<p>none in this run (<code>l4opt sensitivity WORKLOAD --recipe R --out "
@@ -305,11 +467,13 @@ def build_html(run_dir, title: str | None = None) -> str:
         if d.get("error"):
             p.append(f"<p class=bad>{e(str(d['error']))}</p>")
             continue
-        facts = [f"{k} {e(_fmt_any(d.get(k)))}" for k in ("metric_name", "metric_ref",
+        facts = [f"{k} {e(_fmt(d.get(k)))}" for k in ("metric_name", "metric_ref",
                                                            "eval_samples") if k in d]
         if facts:
-            p.append(f"<p class=note>{'; '.join(facts)}. Drift measured on the fake-quantized "
-                     f"torch model with one layer quantized at a time.</p>")
+            backend = d.get("drift_backend") or "torch-fakequant-cpu"
+            p.append(f"<p class=note>{'; '.join(facts)}. Drift measured with {e(str(backend))}, "
+                     f"one layer quantized at a time; a layer ranks by the larger of its share "
+                     f"of the task-metric drop and of the output noise power.</p>")
         for n in d.get("notes") or []:
             p.append(f"<p class=note>{e(str(n))}</p>")
         p.append(fig_html(plots.sensitivity_bars(
@@ -368,8 +532,87 @@ def build_html(run_dir, title: str | None = None) -> str:
             f"</head><body>\n" + "\n".join(p) + "\n</body></html>\n")
 
 
-def _fmt_any(v) -> str:
-    return str(_fmt(v)) if v is not None else "–"
+def _search_section(name: str, d: dict, fig_html) -> list[str]:
+    """One saved search: what was chosen (latency, band, batch, look-alikes), its per-layer
+    precision map and the candidates' front with latency error bands."""
+    import pandas as pd
+
+    from . import plots
+
+    rname = (d.get("recipe") or {}).get("name", "")
+    out = [f"<h3>{e(str(d.get('workload') or name))} / {e(str(rname))}</h3>"]
+    if d.get("error"):
+        return out + [f"<p class=bad>{e(str(d['error']))}</p>"]
+    lat, lo, hi = d.get("latency_ms"), d.get("latency_low_ms"), d.get("latency_high_ms")
+    band = (f" (estimate band {_fmt(float(lo))} to {_fmt(float(hi))} ms)"
+            if _valid_latency(lo) and _valid_latency(hi) else " (no error band recorded)")
+    lat_text = (f"estimated L4 latency {_fmt(float(lat))} ms at batch "
+                f"{e(str(d.get('latency_batch')))}" + band) if _valid_latency(lat) else \
+        "no L4 latency estimate"
+    frac = d.get("fraction_quantized")
+    out.append(f"<p>{e(str(d.get('message', '')))}. Chosen: <b>{e(str(d.get('chosen')))}</b>; "
+               f"{lat_text}; mean cosine {_cos(d.get('cos_mean'))}, "
+               f"{e(str(d.get('metric_name') or 'metric'))} {e(_fmt(d.get('metric')))}; "
+               + (f"{100 * float(frac):.0f}% of GEMM/conv layers at 8 bits; " if frac is not None
+                  else "")
+               + f"{e(str(d.get('evaluations', '?')))} evaluations in "
+               f"{e(_fmt(d.get('seconds')))} s.</p>")
+    same = d.get("indistinguishable") or []
+    out.append(f"<p class=note>Candidates whose latency cannot be told apart from the chosen "
+               f"one (estimate bands overlap): {e(', '.join(map(str, same))) or 'none'}.</p>")
+    out.append(_final_sweep_text(d))
+    if d.get("log_path"):
+        out.append(f"<p class=note>ModelOpt's and ONNX Runtime's output during the search: "
+                   f"<code>logs/{e(Path(str(d['log_path'])).name)}</code></p>")
+    for n in d.get("notes") or []:
+        out.append(f"<p class=note>{e(str(n))}</p>")
+    shapes = d.get("shapes") or {}
+    if shapes:
+        out.append(f"<p class=note>shapes: {e(json.dumps(shapes.get('inputs', shapes)))}</p>")
+    if d.get("layer_map"):
+        out.append(fig_html(plots.precision_map(d["layer_map"], batch=d.get("latency_batch"))))
+        out.append(html_table(pd.DataFrame(d["layer_map"]), LAYER_COLUMNS, max_rows=200))
+    if d.get("candidate_rows"):
+        out.append(fig_html(plots.search_front(d)))
+    return out
+
+
+def _final_sweep_text(d: dict) -> str:
+    """What the sweep of the saved recipe measured (the search's answer), never a reference to
+    a row that is not in the report."""
+    row = d.get("final_sweep_row") or {}
+    status = d.get("final_status") or row.get("status")
+    rc = e(str(row.get("recipe") or (d.get("recipe") or {}).get("name", "")))
+    if status == "ok":
+        return (f"<p class=note>The saved recipe {rc} was re-run through the sweep: its row is "
+                f"in the Summary table (mean cosine {_cos(row.get('cos_mean'))}, "
+                f"{e(str(d.get('metric_name') or 'metric'))} {e(_fmt(row.get('metric')))}); "
+                f"budget {'met' if d.get('met') else 'NOT met'} there.</p>")
+    if status is None:
+        return ("<p class=bad>The saved recipe's sweep is not recorded in this search: the "
+                "budget is not shown to hold.</p>")
+    what = "failed" if status == "failed" else f"ended {status}"
+    where = {"failed": "Failed trials", "no-op": "No-op trials"}.get(str(status), "its status")
+    err = row.get("error") or row.get("collapse_note") or "no error recorded"
+    return (f"<p class=bad>The sweep of the saved recipe {what} ({e(str(err))}): the row of "
+            f"{rc} is listed under {e(where)}, not in the Summary table, and the budget is not "
+            f"shown to hold.</p>")
+
+
+def _cos(v) -> str:
+    """A cosine with enough digits to compare with a budget like 0.9999 (4g shows '1')."""
+    try:
+        return f"{float(v):.6g}"
+    except (TypeError, ValueError):
+        return "–"
+
+
+def _fmt(v) -> str:
+    """One number in prose, formatted as the tables format it ('–' when missing)."""
+    from .tables import format_column
+
+    return format_column([v])[0]
+
 
 
 def write_report(run_dir, out=None) -> Path:

@@ -9,12 +9,14 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .errors import BadInput
+from .export import file_sha256
 
 SCHEMA_VERSION = 1
 DB_NAME = "results.sqlite"
@@ -26,9 +28,11 @@ def content_key(*parts) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file so that a reader never sees it half-written."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+def atomic_write(path, data: bytes) -> None:
+    """Write a file so that a reader never sees it half-written: a temporary file beside
+    `path` (one per process and thread), fsync, then rename over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -127,13 +131,14 @@ class Store:
         return json.loads(r[0]) if r else None
 
     def cached(self, key: str) -> dict | None:
-        """The stored row when the trial finished and its artifacts are intact, else None."""
+        """The stored row when the trial finished (ok or no-op: both are results) and its
+        artifacts are intact, else None."""
         row = self.row(key)
-        if not row or row.get("status") != "ok":
+        if not row or row.get("status") not in ("ok", "no-op"):
             return None
         for name, art in (row.get("artifacts") or {}).items():
             p = self.run_dir / art["path"]
-            if not p.exists() or _sha256(p) != art["sha256"]:
+            if not p.exists() or file_sha256(p) != art["sha256"]:
                 self.notes.append(f"trial {key} ({row.get('recipe')}): artifact {name} "
                                   f"{'missing' if not p.exists() else 'corrupted'}; recomputing")
                 return None
@@ -148,35 +153,33 @@ class Store:
     def register(self, key: str, name: str, path: Path) -> dict:
         """An artifact entry (relative path + content hash) for a row's `artifacts`."""
         return {"path": str(Path(path).resolve().relative_to(self.run_dir.resolve())),
-                "sha256": _sha256(path)}
+                "sha256": file_sha256(path)}
 
     # ------------------------------------------------------------ arrays
-    def load_array(self, name: str) -> np.ndarray | None:
-        p = self.artifacts / "arrays" / f"{name}.npy"
+    def load_arrays(self, name: str) -> dict[str, np.ndarray] | None:
+        """A dict of named arrays saved by save_arrays (e.g. a model's outputs by name)."""
+        p = self.artifacts / "arrays" / f"{name}.npz"
         if not p.exists():
             return None
         try:
-            return np.load(p, allow_pickle=False)
+            with np.load(p, allow_pickle=False) as z:
+                names = [str(x) for x in z["__names__"]]
+                return {n: z[f"a{i}"] for i, n in enumerate(names)}
         except Exception:
-            self.notes.append(f"cached array {p.name} unreadable; recomputing")
+            self.notes.append(f"cached arrays {p.name} unreadable; recomputing")
             p.unlink(missing_ok=True)
             return None
 
-    def save_array(self, name: str, arr: np.ndarray) -> None:
+    def save_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         d = self.artifacts / "arrays"
         d.mkdir(exist_ok=True)
-        tmp = d / f"{name}.tmp{os.getpid()}.npy"
-        np.save(tmp, arr)
-        os.replace(tmp, d / f"{name}.npy")
+        tmp = d / f"{name}.tmp{os.getpid()}.npz"
+        np.savez(tmp, __names__=np.array(list(arrays)),
+                 **{f"a{i}": a for i, a in enumerate(arrays.values())})
+        os.replace(tmp, d / f"{name}.npz")
 
     def close(self) -> None:
         self.con.close()
-
-
-def _sha256(path) -> str:
-    from .export import file_sha256
-
-    return file_sha256(path)
 
 
 def _json_default(o):

@@ -29,14 +29,55 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Metric:
-    """A task metric: fn(outputs, reference_outputs, labels) -> float, and its direction."""
+    """A task metric: fn(outputs, reference_outputs, labels) -> float, and its direction.
+
+    A model with one output gives `fn` arrays; a model with several outputs gives it dicts
+    {output name: array} (both `outputs` and `reference_outputs`). `version` identifies the
+    metric in the result cache when Python cannot read fn's source (bump it when fn changes)."""
 
     name: str
-    fn: Callable[[np.ndarray, np.ndarray, Any], float]
+    fn: Callable[[Any, Any, Any], float]
     higher_is_better: bool = True
+    version: str | None = None
 
     def __call__(self, outputs, reference, labels) -> float:
-        return float(self.fn(outputs, reference, labels))
+        value = self.fn(_unwrap(outputs), _unwrap(reference), labels)
+        if isinstance(value, np.ndarray) and value.size == 1:
+            value = value.reshape(()).item()
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            raise TypeError(f"metric {self.name!r} returned {value!r} "
+                            f"({type(value).__name__}), not a number")
+        return float(value)
+
+    def identity(self) -> str:
+        """What decides the metric's values: its code (source, else bytecode), the values it
+        closes over, its direction and the user's version."""
+        import inspect
+
+        fn = self.fn
+        try:
+            code = inspect.getsource(fn)
+        except (OSError, TypeError):
+            co = getattr(fn, "__code__", None)
+            code = repr((co.co_code, co.co_consts, co.co_names)) if co else repr(fn)
+        cells = []
+        for c in getattr(fn, "__closure__", None) or ():
+            try:
+                v = c.cell_contents
+            except ValueError:
+                continue
+            cells.append(repr(v) if isinstance(v, (int, float, str, bool, tuple, type(None)))
+                         else type(v).__name__)
+        defaults = repr(getattr(fn, "__defaults__", None))
+        blob = f"{self.name}|{self.higher_is_better}|{self.version}|{code}|{cells}|{defaults}"
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _unwrap(x):
+    """A single output's array; several outputs stay a dict by name."""
+    if isinstance(x, dict) and len(x) == 1:
+        return next(iter(x.values()))
+    return x
 
 
 @dataclass
@@ -58,6 +99,8 @@ class Workload:
     output_names: list[str] = field(default_factory=lambda: ["output"])
     batch_size: int = 32
     batch_range: tuple[int, int, int] = (1, 8, 64)  # min / opt / max, for engine profiles
+    deploy_batch: int | None = None  # the batch the L4 will run (default: batch_range's opt)
+    dims: dict = field(default_factory=dict)  # values of named non-batch axes, e.g. {"seq": 128}
     min_calib_samples: int = 32
     description: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -96,6 +139,19 @@ class Workload:
             raise BadInput(f"workload {self.name!r} declares no inputs")
         for label, data in (("calibration", self.calib_data), ("evaluation", self.eval_data)):
             self._check_data(label, data)
+        if not self.output_names or len(set(self.output_names)) != len(self.output_names):
+            raise BadInput(f"workload {self.name!r}: output_names {self.output_names} must name "
+                           f"each model output once")
+        n_eval = self.num_samples(self.eval_data)
+        if self.eval_labels is not None:
+            try:
+                n_lab = len(self.eval_labels)
+            except TypeError:
+                n_lab = None
+            if n_lab is not None and n_lab != n_eval:
+                raise BadInput(f"workload {self.name!r}: eval_labels has {n_lab} entries but the "
+                               f"evaluation data has {n_eval} samples; give one label per "
+                               f"evaluation sample (in the same order)")
         n = self.num_samples(self.calib_data)
         if n < self.min_calib_samples:
             raise BadInput(
@@ -154,11 +210,15 @@ class Workload:
         return h.hexdigest()[:16]
 
     def example_args(self, batch: int = 2):
-        """Torch tensors shaped like the example inputs, taken from the evaluation data."""
+        """Torch tensors of `batch` samples from the evaluation data (repeated when it has
+        fewer), in input order."""
         import torch
 
-        return tuple(torch.from_numpy(np.ascontiguousarray(self.eval_data[n][:batch]))
-                     for n in self.input_names)
+        def take(a):
+            reps = -(-batch // len(a))
+            return np.ascontiguousarray(np.concatenate([a] * reps)[:batch] if reps > 1 else a[:batch])
+
+        return tuple(torch.from_numpy(take(self.eval_data[n])) for n in self.input_names)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {i.name: i.dynamic_axes() for i in self.inputs if i.dynamic_axes()}
@@ -369,10 +429,65 @@ def names() -> list[str]:
 
 
 def load(name: str, **kwargs) -> Workload:
-    """A built-in workload by name."""
+    """A built-in workload by name; options it does not take, and sample counts below 1, are
+    refused by name (BadInput), never a TypeError from the factory."""
     if isinstance(name, Workload):
         return name
     if name not in BUILTIN:
         raise BadInput(f"unknown workload {name!r}; built-in workloads: {', '.join(names())} "
                        f"(or pass your own l4opt.Workload)")
-    return BUILTIN[name](**kwargs)
+    fn = BUILTIN[name]
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    check_options(name, fn, kwargs)
+    return fn(**kwargs)
+
+
+# ------------------------------------------------------------------ options of a factory
+# Here (not in userload) so that load() checks options without importing userload, which
+# imports this module.
+
+def _option(name: str, cli: bool) -> str:
+    return "--" + name.replace("_", "-") if cli else name
+
+
+def accepted_options(fn) -> set[str] | None:
+    """The keyword options a workload factory takes (None: it takes any, via **kwargs)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_options(what: str, fn, options: dict, cli: bool = False) -> None:
+    """Refuse options `fn` does not take (naming them and the ones it does take), options it
+    needs and was not given, and *_samples counts below 1. `cli` words them as --options."""
+    import inspect
+
+    for k, v in options.items():
+        if k.endswith("_samples") and v is not None and (
+                isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise BadInput(f"{_option(k, cli)} must be a positive whole number of samples, "
+                           f"got {v!r}")
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        params = []
+    missing = [p.name for p in params if p.default is p.empty and p.name not in options
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if missing:
+        raise BadInput(f"workload factory {what!r} needs "
+                       f"{', '.join(_option(k, cli) for k in missing)}; give "
+                       f"{'it' if len(missing) == 1 else 'them'} or a default in its signature")
+    accepted = accepted_options(fn)
+    if accepted is None:
+        return
+    bad = [k for k in options if k not in accepted]
+    if bad:
+        takes = ", ".join(_option(k, cli) for k in sorted(accepted)) or "no options"
+        raise BadInput(f"workload {what!r} does not take {', '.join(_option(k, cli) for k in bad)}"
+                       f" (it takes: {takes}); leave {'it' if len(bad) == 1 else 'them'} out")

@@ -87,5 +87,58 @@ def test_cli_lint_json(trtexec_dir, tmp_path):
     g = trtexec_dir / "mobilenet.qat.onnx.engine.graph.json"
     p = trtexec_dir / "mobilenet.qat.onnx.engine.profile.json"
     assert main(["lint", str(g), "--profile", str(p), "--json", "--out", str(tmp_path)]) == 0
-    saved = json.loads((tmp_path / "lint" / "mobilenet.qat.onnx.engine.json").read_text())
+    (path,) = (tmp_path / "lint").glob("mobilenet.qat.onnx.engine*.json")  # name: slug + hash
+    saved = json.loads(path.read_text())
     assert saved["summary"]["reformat"]["count"] == 1
+
+
+# TRT 10/11-shaped per-iteration exports, synthesized by tests/standins/trtexec (see the
+# fixtures README): they start after the warm-up, as trtexec >= 8.5 writes them.
+SYNTH = ["synthesized.trt10.b8.engine.timing.json", "synthesized.trt11.b8.engine.timing.json"]
+
+
+@pytest.mark.parametrize("name", SYNTH)
+def test_warmup_is_not_dropped_twice_on_trt10_11_exports(trtexec_dir, name):
+    t = engine_report.read_timing(trtexec_dir / name)
+    assert t["startComputeMs"].iloc[0] >= 200.0  # exportTimes already skipped the warm-up
+    timed = engine_report.timed_iterations(t)
+    assert len(timed) == len(t)
+    # the old rule (200 ms after the first record) lost a large share of a short run
+    assert (t["startComputeMs"] >= t["startComputeMs"].iloc[0] + 200).sum() < 0.6 * len(t)
+    thr = engine_report.walltime_throughput(timed)
+    wall = t["endD2hMs"].iloc[-1] - t["startH2dMs"].iloc[0]
+    assert thr["throughput_qps"] == pytest.approx(len(t) / wall * 1e3)
+    # wall time includes the gaps between launches: below 1000 / median compute time
+    assert thr["throughput_qps"] < 1000 / bench.latency_stats(t["computeMs"])["median"]
+
+
+def test_old_exports_drop_warmup_by_the_absolute_rule(trtexec_dir):
+    ex = engine_report.load_engine_export(trtexec_dir / "mobilenet.qat.onnx.engine.graph.json")
+    timed = engine_report.timed_iterations(ex.timing, ex.summary)
+    assert timed["startComputeMs"].min() >= 200.0
+    assert (ex.timing["startComputeMs"] < 200.0).sum() == len(ex.timing) - len(timed)
+    thr = engine_report.walltime_throughput(timed)
+    assert thr["throughput_qps"] == pytest.approx(ex.summary["performance"]["Throughput"],
+                                                  rel=1e-5)
+
+
+def test_duplicate_layer_names_are_disambiguated_like_trex(trtexec_dir, tmp_path):
+    from l4opt import estimate
+
+    src = "mobilenet_v2_residuals.qat.onnx.engine"
+    graph = json.loads((trtexec_dir / f"{src}.graph.json").read_text())
+    prof = json.loads((trtexec_dir / f"{src}.profile.json").read_text())
+    dup = graph["Layers"][3]["Name"]
+    for i in (5, 9):  # two more layers with the same name, in the graph and the profile
+        prof[1 + i]["name"] = graph["Layers"][i]["Name"] = dup
+    assert [r["name"] for r in prof[1:]] == [la["Name"] for la in graph["Layers"]]
+    for suffix, data in ((".graph.json", graph), (".profile.json", prof)):
+        (tmp_path / f"d.engine{suffix}").write_text(json.dumps(data))
+    ex = engine_report.load_engine_export(tmp_path / "d.engine.graph.json")
+    assert ex.layers["name"].is_unique and ex.profile["name"].is_unique
+    assert list(ex.layers["name"][[3, 5, 9]]) == [dup, f"{dup}_2", f"{dup}_3"]
+    assert (ex.layers["raw_name"][[3, 5, 9]] == dup).all()
+    rep = engine_report.lint(ex.layers, ex.profile)
+    assert rep.total_ms == pytest.approx(ex.profile["average_ms"].sum())
+    v = estimate.validate_on_export(ex)
+    assert v["layers_compared"] > 0

@@ -53,7 +53,7 @@ def test_qdq_matmul_runs_int8_and_is_faster_than_fp16():
     # the DQ and Relu fuse into the matmul's kernel; quantizing the network input is a kernel
     # of its own, as in TensorRT (see the fixtures' standalone QuantizeLinear_2)
     assert list(q.layers[q.layers.kernel]["op_type"]) == ["QuantizeLinear", "MatMul"]
-    assert q.source == "estimated-l4" and "ESTIMATE" in q.to_text()
+    assert q.source == "estimated-l4" and "ESTIMATE" in q.to_text() and "band" in q.to_text()
     json.dumps(q.to_dict())
 
 
@@ -68,17 +68,33 @@ def test_dynamic_axis_without_value_is_a_clear_error():
     m.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "hidden_in"
     with pytest.raises(BadInput, match="hidden_in"):
         estimate.estimate_onnx(m, "L4")
+    with pytest.raises(BadInput, match="batch must be a positive"):
+        estimate.estimate_onnx(_mlp(False), "L4", batch=0)
+
+
+def test_named_axes_take_their_values_and_the_batch_axis_takes_batch():
+    m = _mlp(False)
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 0
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "hidden_in"
+    e = estimate.estimate_onnx(m, "L4", batch=4, dynamic_dims={"hidden_in": 1024, "batch": 99})
+    assert e.layers.set_index("layer").loc["fc", "flops"] == pytest.approx(2 * 4 * 1024 * 1024)
 
 
 @pytest.mark.parametrize("name", ["mobilenet.qat.onnx", "mobilenet_v2_residuals.qat.onnx"])
-def test_validation_on_measured_engines(trtexec_dir, name):
+def test_engine_graph_path_on_measured_engines(trtexec_dir, name):
+    """The engine-graph path (layer list as TensorRT built it) against the two measured TITAN
+    RTX engines. Its constants are the L4 fit, not tuned on these engines, so this checks the
+    path (layers matched to the profile, fusions taken from the engine, a sane total), not the
+    fit; the L4 fit's own error is the leave-one-out in l4opt/data/l4_fit.json."""
     ex = engine_report.load_engine_export(trtexec_dir / f"{name}.engine.graph.json")
     v = estimate.validate_on_export(ex, "TITAN RTX")
     print(name, {k: v[k] for k in ("estimated_ms", "measured_median_ms", "end_to_end_error",
                                    "per_layer_median_abs_error")})
-    assert abs(v["end_to_end_error"]) < 0.25
     assert v["layers_compared"] >= 55
-    assert v["per_layer_median_abs_error"] < 0.5
+    assert abs(v["end_to_end_error"]) < 0.5
+    assert v["per_layer_median_abs_error"] < 0.8
+    est = estimate.estimate_engine(ex.layers, "TITAN RTX")
+    assert "NOT validated on TITAN RTX" in est.band_source
 
 
 def test_engine_estimate_on_l4_is_labelled(trtexec_dir):
@@ -86,3 +102,57 @@ def test_engine_estimate_on_l4_is_labelled(trtexec_dir):
     e = estimate.estimate_engine(layers, "L4", batch=8)
     assert e.source == "estimated-l4" and e.batch == 8 and e.total_ms > 0
     assert set(e.layers["precision"]) >= {"int8", "fp16"}
+    assert e.low_ms <= e.total_ms <= e.high_ms
+
+
+def _mlp_context(tmp_path):
+    """A sweep's context for a small torch MLP (real export, no trial run)."""
+    import torch
+
+    from l4opt.store import Store
+    from l4opt.trial import Context
+    from l4opt.workloads import InputSpec, Metric, Workload
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 8)).eval()
+    x = np.random.default_rng(0).normal(size=(16, 32)).astype(np.float32)
+    w = Workload(name="mlp", model=model, inputs=[InputSpec("x", ("batch", 32))],
+                 calib_data={"x": x}, eval_data={"x": x},
+                 metric=Metric("none", lambda o, r, l: 0.0), output_names=["y"],
+                 batch_range=(1, 4, 8))
+    ctx = Context(w, Store(tmp_path / "run"))
+    ctx.prepare()
+    return ctx
+
+
+def test_trial_key_covers_cost_model_and_fit_and_rows_say_their_band(tmp_path, monkeypatch):
+    from l4opt import costmodel, recipes, trial
+
+    ctx = _mlp_context(tmp_path)
+    r = recipes.get("int8")
+    key = ctx.key(r)
+    assert ctx.key(r) == key
+    assert ctx.identity()["latency_fit"] == estimate.fit_stamp()
+    assert f"v{costmodel.COSTMODEL_VERSION}" in estimate.fit_stamp()
+    monkeypatch.setattr(estimate, "fit_stamp", lambda run_dir=None: "costmodel-v2/fit-refitted")
+    refit = ctx.key(r)
+    assert refit != key
+    monkeypatch.setattr(costmodel, "COSTMODEL_VERSION", costmodel.COSTMODEL_VERSION + 1)
+    assert ctx.key(r) not in (key, refit)
+    monkeypatch.undo()
+    # the row's latency columns carry the band's source (band widened or not, stale or not)
+    row = {"onnx_path": str(ctx._base.relative_to(ctx.store.run_dir)), "notes": []}
+    trial.add_latency(ctx, row, measure=False)
+    assert row["latency_source"] == "estimated-l4"
+    assert row["latency_band_source"] and "leave-one" in row["latency_band_source"]
+    measured = trial.measured_update(row, {"latency_ms": 0.5, "latency_source": "measured-l4"})
+    assert measured["est_latency_band_source"] == row["latency_band_source"]
+    assert "measured" in measured["latency_band_source"]
+
+
+def test_row_dims_use_the_recorded_axes_without_the_batch_axis():
+    row = {"inputs": [{"name": "ids", "shape": ["b", "seq"]}, {"name": "m", "shape": ["b", "seq"]}],
+           "shapes": {"batch": 4, "axes": {"b": 4, "seq": 128}}, "dims": {"seq": 96}}
+    assert estimate._row_dims(row) == {"seq": 96}
+    assert estimate._row_dims({"shapes": {"axes": {"seq": 7}}}) == {"seq": 7}

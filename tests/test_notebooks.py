@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 pm = pytest.importorskip("papermill", reason="the notebook extra is not installed "
-                         "(pip install -e '.[notebook]')")
+                         "(pip install -e .)")
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted([*REPO.glob("notebooks/*.ipynb"), *REPO.glob("recipes/*.ipynb")])

@@ -53,13 +53,32 @@ def test_trials_frame_keeps_finished_trials_and_derives_drops(rows):
     assert plots.trials_frame(None).empty and plots.trials_frame([]).empty
 
 
+def test_trials_frame_is_the_tables_frame_of_ok_trials(rows):
+    """plots.trials_frame is l4opt.tables.trial_frame (every status) kept to ok trial rows, with
+    the same derived columns, plus the plot's group."""
+    from l4opt.tables import trial_frame
+
+    everything = trial_frame([r for r in rows if r.get("kind", "trial") == "trial"])
+    ok = everything[everything["status"].isna() | (everything["status"] == "ok")]
+    df = plots.trials_frame(rows)
+    assert len(df) == len(ok) > 0
+    assert list(df["key"]) == list(ok["key"]) and list(df["name"]) == list(ok["name"])
+    for c in ("metric_drop", "cos_drop"):
+        np.testing.assert_array_equal(df[c].to_numpy(float), ok[c].to_numpy(float))
+    assert not (np.signbit(df["metric_drop"]) & (df["metric_drop"] == 0)).any()  # never -0
+    assert "group" in df and "group" not in everything
+
+
 def test_estimated_latencies_are_open_markers_and_the_axis_says_so(rows):
-    df = pd.DataFrame([dict(r, latency_source=r.get("latency_estimate_source",
+    df = pd.DataFrame([dict(r, latency_source=r.get("est_latency_source",
                                                    r.get("latency_source")),
-                            latency_ms=r.get("latency_estimate_ms", r.get("latency_ms")))
+                            latency_ms=r.get("est_latency_ms", r.get("latency_ms")),
+                            latency_batch=64)
                        for r in rows])  # every row as the sweep estimated it
     fig = plots.accuracy_latency(df)
-    assert fig.layout.xaxis.title.text == "L4 latency (ms, estimated), batch 1"
+    assert fig.layout.xaxis.title.text == "L4 latency (ms, estimated), batch 64"
+    mixed = df.assign(latency_batch=[64] * (len(df) - 1) + [1])  # never one batch claimed
+    assert plots.accuracy_latency(mixed).layout.xaxis.title.text.endswith("see latency_batch")
     markers = [t for t in fig.data if t.name != "Pareto front"]
     assert markers and all(t.marker.symbol == "circle-open" for t in markers)
     assert sum(len(t.x) for t in markers) == len(plots.trials_frame(df))
@@ -79,7 +98,7 @@ def test_measured_and_estimated_are_told_apart(rows):
     other = pd.DataFrame([{"recipe": "x", "metric_drop": 0.0, "latency_ms": 1.0,
                            "latency_source": "measured-titan-rtx"}])
     t = plots.accuracy_latency(other)
-    assert t.layout.xaxis.title.text == "GPU latency (ms, measured on titan-rtx), batch 1"
+    assert t.layout.xaxis.title.text == "GPU latency (ms, measured on titan-rtx)"  # batch unknown
     assert t.data[0].name == "measured titan-rtx latency"
 
 
@@ -141,9 +160,15 @@ def test_budget_line_and_stored_search_pareto_in_hover(rows):
 
 
 def test_sensitivity_bars_from_a_real_result_and_tolerant_input(report_run):  # noqa: F811
-    data = json.loads((report_run / "sensitivity" / "digits-cnn-int8-max.json").read_text())
+    from l4opt.names import safe_filename
+
+    data = json.loads((report_run / "sensitivity" / safe_filename(
+        "digits-cnn", "int8-max", suffix=".json")).read_text())
     fig = plots.sensitivity_bars(data)  # the whole to_dict() works, as does its layers list
-    assert len(fig.data) == 2 and fig.data[0].visible and not fig.data[1].visible
+    # rank score, task-metric share, output-noise share, recovery: both drift measures shown
+    assert len(fig.data) == 4 and fig.data[0].visible and not any(t.visible for t in fig.data[1:])
+    labels = [b.label for b in fig.layout.updatemenus[0].buttons]
+    assert labels == ["share of drift", "task-metric share", "output-noise share", "recovery"]
     assert set(fig.data[0].y) == {x["layer"] for x in data["layers"]}
     assert list(fig.data[0].x) == sorted(fig.data[0].x, reverse=True)
     only_task = plots.sensitivity_bars(pd.DataFrame({"layer": ["a", "b"], "share_task": [0.2, 0.8]}))
@@ -209,3 +234,73 @@ def test_importing_the_show_modules_stays_light():
             "'nbclient') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_row_facts_noop_zero_latency_bands_and_collapse():
+    """The contract's row facts: a no-op is not a free speed-up, a 0/NaN latency is no result,
+    estimate bands are error bars, a collapsed row says so."""
+    df = pd.DataFrame([
+        {"recipe": "ok", "status": "ok", "metric_drop": 0.0, "cos_mean": 0.999,
+         "latency_ms": 0.5, "latency_low_ms": 0.3, "latency_high_ms": 0.9, "latency_batch": 32,
+         "latency_source": "estimated-l4", "quantized_layers": 40, "gemm_layers": 48},
+        {"recipe": "noop", "status": "no-op", "metric_drop": 0.0, "latency_ms": 0.1,
+         "latency_source": "estimated-l4", "quantized_layers": 0, "gemm_layers": 48},
+        {"recipe": "zero", "status": "ok", "metric_drop": 0.0, "latency_ms": 0.0,
+         "latency_source": "estimated-l4"},
+        {"recipe": "nan", "status": "ok", "metric_drop": 0.0, "latency_ms": float("nan"),
+         "latency_source": "estimated-l4"},
+        {"recipe": "broke", "status": "ok", "metric_drop": 0.6, "cos_mean": 0.4,
+         "latency_ms": 0.4, "latency_batch": 32, "latency_source": "estimated-l4",
+         "collapsed": True, "collapse_note": "entropy <clipped> the outliers"}])
+    fig = plots.accuracy_latency(df)
+    pts = [t for t in fig.data if t.name != "Pareto front"]
+    assert sorted(x for t in pts for x in t.x) == [0.4, 0.5]  # no 0, no NaN, no no-op
+    notes = " ".join(a.text for a in fig.layout.annotations)
+    assert "zero" in notes and "nan" in notes and "no-op" in notes and "noop" in notes
+    t = pts[0]
+    i = list(t.x).index(0.5)
+    assert t.error_x.array[i] == pytest.approx(0.4) and t.error_x.arrayminus[i] == pytest.approx(0.2)
+    hover = " ".join(c[5] for c in t.customdata)
+    assert "COLLAPSED" in hover and "&lt;clipped&gt;" in hover and "40 of 48" in hover
+    assert fig.layout.xaxis.title.text.endswith("batch 32")
+
+
+def test_precision_map_orders_layers_and_colours_formats():
+    layers = [{"layer": "/b/<MatMul>", "format": "fp8", "kind": "gemm", "sensitivity": 0.02,
+               "est_ms": 0.01, "order": 2, "op_type": "MatMul"},
+              {"layer": "/a/MatMul", "format": "int8", "kind": "gemm", "sensitivity": 0.001,
+               "est_ms": 0.02, "order": 1, "op_type": "MatMul"},
+              {"layer": "/c/MatMul", "format": "fp16", "kind": "gemm", "sensitivity": 0.3,
+               "est_ms": float("nan"), "order": 3, "op_type": "MatMul"}]
+    fig = plots.precision_map(layers, batch=32)
+    bars = {t.name.split(" ")[0]: t for t in fig.data if t.type == "bar"}
+    assert set(bars) == {"INT8", "FP8", "FP16"}
+    assert bars["INT8"].marker.color == plots.PRECISION_COLORS["int8"]
+    assert list(fig.layout.xaxis.categoryarray) == ["1. /a/MatMul", "2. /b/&lt;MatMul&gt;",
+                                                    "3. /c/MatMul"]
+    line = next(t for t in fig.data if t.type == "scatter")
+    assert list(line.y) == [0.001, 0.02, 0.3] and fig.layout.yaxis2.type == "log"
+    assert "2 of 3 GEMM/conv layers at 8 bits" in fig.layout.title.text
+    assert "ESTIMATED" in fig.layout.title.text and "batch 32" in fig.layout.title.text
+    assert any("without an estimate" in a.text for a in fig.layout.annotations)
+    assert plots.precision_map([]).layout.annotations[0].text == "no per-layer precision map"
+    assert "<MatMul>" not in fig.to_json()
+
+
+def test_search_front_stars_the_chosen_with_bands():
+    doc = {"budget": {"min_cosine": 0.99}, "chosen": "b", "indistinguishable": ["a"],
+           "candidate_rows": [
+               {"name": "a", "strategy": "bisect", "status": "ok", "cos_mean": 0.98,
+                "metric_drop": 0.1, "latency_ms": 1.0, "latency_low_ms": 0.5,
+                "latency_high_ms": 2.0, "latency_source": "estimated-l4", "latency_batch": 32},
+               {"name": "b", "strategy": "bisect", "status": "ok", "cos_mean": 0.995,
+                "metric_drop": 0.05, "latency_ms": 1.1, "latency_low_ms": 0.55,
+                "latency_high_ms": 2.2, "latency_source": "estimated-l4", "latency_batch": 32}]}
+    fig = plots.search_front(doc)
+    star = next(t for t in fig.data if t.name == "chosen")
+    assert list(star.x) == [1.1] and star.y[0] == pytest.approx(0.005)
+    assert any(s.type == "line" and s.y0 == pytest.approx(0.01) for s in fig.layout.shapes)
+    assert any(t.error_x is not None and t.error_x.array is not None for t in fig.data
+               if t.name not in ("chosen", "Pareto front"))
+    assert any("told apart" in a.text or "distinguishable" in a.text
+               for a in fig.layout.annotations)

@@ -51,7 +51,8 @@ def report_run(tmp_path_factory, trtexec_dir):
     g = trtexec_dir / "mobilenet.qat.onnx.engine.graph.json"
     assert main(["lint", str(g), "--profile", str(g).replace(".graph.json", ".profile.json"),
                  "--out", str(d), "--json"]) == 0
-    shutil.copy(d / "lint" / "mobilenet.qat.onnx.engine.json", d / "lint" / f"{XSS_LINT}.json")
+    (saved,) = (d / "lint").glob("*.json")  # the CLI names it safely (slug + hash)
+    shutil.copy(saved, d / "lint" / f"{XSS_LINT}.json")
     hostile = SensitivityResult(
         XSS_WORKLOAD, "int8-max", {}, "top1", 0.98, {}, eval_samples=64, seconds=0.1,
         layers=[{"layer": XSS_LAYER, "share": 0.75, "only_drop": 0.02, "all_but_drop": 0.0,
@@ -61,8 +62,8 @@ def report_run(tmp_path_factory, trtexec_dir):
     (d / "sensitivity" / "hostile.json").write_text(json.dumps(hostile.to_dict()))
     store = Store(d)
     row = next(r for r in store.rows() if r.get("recipe") == "int8-max")
-    store.update(row["key"], latency_estimate_ms=row["latency_ms"],
-                 latency_estimate_source=row["latency_source"], latency_ms=0.021,
+    store.update(row["key"], est_latency_ms=row["latency_ms"],
+                 est_latency_source=row["latency_source"], latency_ms=0.021,
                  latency_batch=1, latency_source="measured-l4", latency_gpu="NVIDIA L4",
                  batch_sweep=MEASURED_CURVE)
     store.close()
@@ -106,9 +107,9 @@ def test_every_user_string_is_escaped(report_html):
 
 def test_estimates_and_measurements_are_labelled(report_html):
     _, text = report_html
-    assert "L4 latency ms, batch 1 (measured or estimated: see latency_source)" in text
+    assert "L4 latency ms at latency_batch (measured or estimated: see latency_source)" in text
     assert "L4 samples/s at throughput_batch (estimated)" in text
-    assert "L4 latency ms, batch 1 (estimated; kept beside a measurement)" in text
+    assert "L4 latency ms (estimated; kept beside a measurement)" in text
     assert "come from l4opt&#x27;s cost model" in text or "come from l4opt's cost model" in text
     assert "estimated-l4" in text and "measured-l4" in text
     assert "measured = filled" in text  # the chart's latency axis, mixed sources
@@ -117,6 +118,7 @@ def test_estimates_and_measurements_are_labelled(report_html):
 def test_sections_hold_the_run(report_html):
     _, text = report_html
     for h in ("Summary", "Mixed-precision search candidates", "Accuracy drift vs L4 latency",
+              "Mixed precision (search)", "Per-layer precision",
               "Per-layer sensitivity", "Engine lint", "Batch-size curves", "Provenance",
               "Package versions", "Machines that ran the trials", "Measured or estimated"):
         assert h in text, h
@@ -131,8 +133,8 @@ def test_empty_sections_say_none(tmp_path):
 
     l4opt.sweep("digits-cnn", "baseline", tmp_path, progress=False)
     text = build_html(tmp_path)
-    assert text.count("none in this run") == 2 and "none measured in this run" in text
-    assert "L4 latency ms, batch 1 (estimated)" in text
+    assert text.count("none in this run") == 3 and "none measured in this run" in text
+    assert "L4 latency ms at latency_batch (estimated)" in text
     assert "every L4 latency here is estimated" in text
 
 
@@ -159,3 +161,129 @@ def test_report_records_its_size(report_html):
     d.mkdir(parents=True, exist_ok=True)
     shutil.copy(path, d / "report.html")
     (d / "report-size.txt").write_text(f"{path.stat().st_size} bytes\n")
+
+
+def test_row_facts_no_op_collapsed_and_missing_latency(tmp_path):
+    """A no-op is its own section (not a result), a collapsed row shows its note, a latency of
+    0 or NaN is never shown as a number, and the layer counts, batch and shapes are columns."""
+    from l4opt.report import build_html
+    from l4opt.store import Store
+
+    row = l4opt.sweep("digits-cnn", "baseline", tmp_path, progress=False).rows[0]
+    store = Store(tmp_path)
+    base = {k: v for k, v in row.items() if k not in ("key", "cached")}
+    store.put(dict(base, key="noop1", recipe="int8-noop", status="no-op", quantized_layers=0,
+                   gemm_layers=5, latency_ms=0.01))
+    store.put(dict(base, key="coll1", recipe="int8-broke", collapsed=True,
+                   collapse_note="cosine 0.39: entropy calibration <clipped> outliers; run "
+                                 "l4opt search", cos_mean=0.39))
+    store.put(dict(base, key="zero1", recipe="zero-latency", latency_ms=0.0))
+    store.put(dict(base, key="nan1", recipe="nan-latency", latency_ms=float("nan")))
+    store.close()
+    text = build_html(tmp_path)
+    assert "No-op trials" in text and "int8-noop" in text
+    assert "Collapsed trials" in text and "entropy calibration &lt;clipped&gt; outliers" in text
+    assert "No L4 latency shown for 2 trial(s)" in text
+    assert "zero-latency, nan-latency" in text or "nan-latency, zero-latency" in text
+    for col in ("GEMM/conv layers quantized", "GEMM/conv layers", "latency_batch", "shapes",
+                "estimate band low (ms)"):
+        assert f"<th>{col}</th>" in text, col
+    assert "1 no-op" in text
+
+
+def _baseline_row(run_dir):
+    row = l4opt.sweep("digits-cnn", "baseline", run_dir, progress=False).rows[0]
+    return {k: v for k, v in row.items() if k not in ("key", "cached")}
+
+
+def test_header_counts_every_sweep_trial_and_details_show_outputs_and_exclusions(tmp_path):
+    """5 sweep trials of which 2 failed read '5 sweep trials'; per-output drift and the layers
+    left unquantized (with reasons) are shown for every trial that has them, escaped."""
+    from l4opt.report import build_html
+    from l4opt.store import Store
+
+    base = _baseline_row(tmp_path)
+    store = Store(tmp_path)
+    by_output = {XSS_LAYER: {"cos_mean": 0.91234, "cos_min": 0.5, "sqnr_db": 12.5,
+                             "max_abs_err": 0.3},
+                 "aux": {"cos_mean": 0.99871, "cos_min": 0.99, "sqnr_db": 31.25,
+                         "max_abs_err": 0.01}}
+    excluded = [{"node": "/head/Gemm<x>", "reason": "kept by <b>nodes_to_exclude</b>"}]
+    store.put(dict(base, key="ok2", recipe="two-outputs", status="ok",
+                   tensor_metrics_by_output=by_output, excluded_layers=excluded))
+    store.put(dict(base, key="ok3", recipe="plain-ok", status="ok"))
+    store.put(dict(base, key="f1", recipe="broken-1", status="failed", error="boom <1>"))
+    store.put(dict(base, key="f2", recipe="broken-2", status="failed", error="boom 2"))
+    store.close()
+    text = build_html(tmp_path)
+    assert "5 sweep trials (3 ok)" in text and "2 failed" in text
+    m = re.search(r"<details><summary>[^<]*two-outputs.*?</details>", text, re.S)
+    assert m, "no details for the multi-output row"
+    block = m.group(0)
+    for v in ("0.9123", "0.9987", "12.5", "31.25", "aux"):
+        assert v in block, v
+    assert e_(XSS_LAYER) in block and XSS_LAYER not in text
+    assert "/head/Gemm&lt;x&gt;" in block and "kept by &lt;b&gt;nodes_to_exclude&lt;/b&gt;" in block
+    assert "plain-ok" not in "".join(re.findall(r"<details>.*?</details>", text, re.S))
+
+
+def e_(s):
+    import html
+
+    return html.escape(s)
+
+
+def test_estimate_vs_measured_section(tmp_path):
+    """With measured L4 rows, the report shows the estimator's before/after table
+    (l4opt.estimate.calibration_table); without them, no such section."""
+    from l4opt import estimate
+    from l4opt.report import build_html
+    from l4opt.store import Store
+
+    base = _baseline_row(tmp_path)
+    assert "Estimate vs measured" not in build_html(tmp_path)  # nothing measured: silent
+    assert base.get("onnx_path")
+    store = Store(tmp_path)
+    for i, ms in enumerate((0.021, 0.034)):
+        store.put(dict(base, key=f"m{i}", recipe=f"measured-{i}", latency_ms=ms,
+                       latency_batch=1 + 7 * i, latency_source="measured-l4",
+                       latency_gpu="NVIDIA L4"))
+    store.close()
+    text = build_html(tmp_path)  # measured but never calibrated: says how
+    assert "Estimate vs measured on this L4" in text and "--calibrate-from" in text
+    table = estimate.calibrate_from(tmp_path)
+    assert len(table) == 2
+    text = build_html(tmp_path)
+    sec = text.split("Estimate vs measured on this L4", 1)[1].split("<h2", 1)[0]
+    assert "estimated ms (shipped fit)" in sec and "estimated ms (refit)" in sec
+    for v in table["est_before_ms"]:
+        assert f"{v:.4g}" in sec
+    assert "measured-0" in sec and "measured-1" in sec
+
+
+def test_report_tables_format_as_l4opt_tables(tmp_path):
+    """The report's tables format as l4opt.tables does: a cosine of 0.99996 never reads '1', a
+    metric change of -0.0 reads '0' (never '-0'), a collapsed row's status reads 'collapsed'
+    and a no-op row's 'no-op'."""
+    from l4opt.report import build_html
+    from l4opt.store import Store
+
+    base = _baseline_row(tmp_path)
+    store = Store(tmp_path)
+    store.put(dict(base, key="near1", recipe="near-one", cos_mean=0.99996, metric_delta=-0.0))
+    store.put(dict(base, key="coll2", recipe="int8-broke", collapsed=True, cos_mean=0.39,
+                   collapse_note="drifted"))
+    store.put(dict(base, key="noop2", recipe="int8-noop", status="no-op", quantized_layers=0))
+    store.close()
+    text = build_html(tmp_path)
+    summary = text.split("<h2 id=summary>", 1)[1].split("<h3", 1)[0]
+    heads = re.findall(r"<th>(.*?)</th>", summary)
+    cells = re.findall(r"<tr[^>]*>(.*?)</tr>", summary, re.S)
+    near = next(c for c in cells if ">near-one<" in c)
+    tds = dict(zip(heads, re.findall(r"<td[^>]*>(.*?)</td>", near)))
+    assert tds["cos_mean"].startswith("0.99996") and float(tds["cos_mean"]) == 0.99996, tds
+    assert tds["metric change vs unquantized"] == "0", tds
+    broke = next(c for c in cells if ">int8-broke<" in c)
+    assert re.search(r"<td[^>]*>collapsed</td>", broke), broke
+    noop = text.split("No-op trials", 1)[1].split("<h", 1)[0]
+    assert re.search(r"<td[^>]*>no-op</td>", noop), noop

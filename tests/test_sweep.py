@@ -41,8 +41,24 @@ def _check_rows(res, n):
         assert r["versions"]["nvidia-modelopt"] and r["machine"]["cores"]
         # no L4 here: the latency is the cost model's, and the row says so
         assert r["latency_source"] == "estimated-l4" and r["latency_ms"] > 0
-        assert r["throughput_samples_s"] > 0
+        # latency and throughput at the deployment batch (the workload's optimum batch),
+        # with the shapes they are for
+        b = res_batch(r)
+        assert r["latency_batch"] == r["shapes"]["batch"] == r["modelopt_batch"] or \
+            r["path"] == "none"
+        assert r["latency_batch"] == b and r["throughput_batch"] == b
+        assert r["throughput_samples_s"] == pytest.approx(b * 1000 / r["latency_ms"])
+        assert r["latency_low_ms"] <= r["latency_ms"] <= r["latency_high_ms"]
+        # the estimator's explanation and the TensorRT version its rules assumed
+        assert isinstance(r["latency_notes"], list) and len(r["latency_notes"]) <= 6
+        assert r["latency_trt_version"] and r["latency_trt_version"][0].isdigit()
+        assert r["gemm_layers"] >= r["quantized_layers"] >= (1 if r["path"] != "none" else 0)
+        assert r["log_path"].endswith("trial.log") and r["outputs"]
     return df
+
+
+def res_batch(row):
+    return row["batch_range"][1]
 
 
 def test_every_recipe_on_digits(digits_run):
@@ -65,6 +81,9 @@ def test_every_recipe_on_digits(digits_run):
     assert any("trt::" in op for op in by.loc["fp8-torch", "custom_ops"])
     assert by.loc["fp8-torch", "drift_backend"] == "torch-fakequant-cpu"
     assert any("TensorRT-only" in n for n in by.loc["fp8-torch", "notes"])
+    # ModelOpt saw the deployment batch (64): its calibration shapes and the export's
+    assert by.loc["int8", "shapes"]["inputs"] == {"image": [64, 1, 8, 8]}
+    assert (run_dir / by.loc["int8", "log_path"]).read_text().count("image:64x1x8x8") >= 1
 
 
 def test_qdq_exports_are_explicit(digits_run):
@@ -94,6 +113,15 @@ def test_every_recipe_on_minilm(minilm_run):
         assert by.loc[r, "sqnr_db"] < by.loc["baseline", "sqnr_db"]
     # at the opt batch the estimate prices INT8/FP8 matmuls below the FP16 baseline
     assert by.loc["int8", "throughput_samples_s"] > by.loc["baseline", "throughput_samples_s"]
+    # FP8 vs INT8: each row says whether they run the same kernels at its TensorRT version,
+    # and the figures agree with what it says
+    verdicts = {r: [n for n in by.loc[r, "latency_notes"] if n.startswith("FP8 and INT8 run")]
+                for r in ("fp8", "int8")}
+    assert all(len(v) == 1 for v in verdicts.values()), verdicts
+    assert all(by.loc[r, "latency_trt_version"] in v[0] for r, v in verdicts.items())
+    same = ["SAME kernels" in v[0] for v in verdicts.values()]
+    assert same[0] == same[1]
+    assert (by.loc["fp8", "latency_ms"] == pytest.approx(by.loc["int8", "latency_ms"])) == same[0]
 
 
 def test_results_store_has_one_row_per_trial(digits_run):
@@ -234,3 +262,72 @@ def test_cli_json_rows_and_clear_errors(digits_run):
     assert bad.returncode == 2 and "Blackwell" in bad.stderr and "Traceback" not in bad.stderr
     bad = _cli("sweep", "imagenet", "--out", str(run_dir))
     assert bad.returncode == 2 and "minilm, digits-cnn" in bad.stderr
+
+
+# ------------------------------------------------------------------ the engine stage's inputs
+
+def test_engine_stage_gets_the_rows_shapes_and_latency_batch(digits_run):
+    """Local and Ray engine stages build trt.measure_onnx's arguments from the row (pure, so a
+    CPU can check them): every named axis from the row's shapes, latency at its batch."""
+    import inspect
+
+    from l4opt import trial, trt
+
+    run_dir, res = digits_run
+    row = next(r for r in res.rows if r["recipe"] == "int8")
+    kw = trial.engine_kwargs(row)
+    inspect.signature(trt.measure_onnx).bind(run_dir / row["onnx_path"], cache_dir=run_dir, **kw)
+    assert kw["shapes"] == row["shapes"] and kw["latency_batch"] == row["latency_batch"] == 64
+    assert kw["batch_range"] == row["batch_range"] and "int8" in kw["quantized_dtypes"]
+    seq_row = {"inputs": [{"name": "ids", "shape": ["batch", "seq"], "dtype": "int64"}],
+               "batch_range": [1, 8, 32], "latency_batch": 8,
+               "shapes": {"batch": 8, "axes": {"batch": 8, "seq": 128},
+                          "inputs": {"ids": [8, 128]}}}
+    kw = trial.engine_kwargs(seq_row)
+    assert trt.dims_from_shapes(seq_row["inputs"], kw["shapes"]) == {"seq": 128}
+    assert kw["latency_batch"] == 8
+
+
+def test_engine_stage_ships_external_weights_with_the_graph(tmp_path):
+    """A graph with external-weight files reaches another node whole: onnx_files takes the
+    .data files its tensors name, write_onnx_files puts them back beside it, ONNX Runtime
+    runs the copy; a name that would leave the folder is refused."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from l4opt import trial
+
+    w = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+                          [numpy_helper.from_array(w, "w")])
+    src = tmp_path / "src"
+    src.mkdir()
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+              str(src / "model.onnx"), save_as_external_data=True, location="weights.bin",
+              size_threshold=0)
+    files = trial.onnx_files(src / "model.onnx")
+    assert set(files) == {"model.onnx", "weights.bin"}
+    path = trial.write_onnx_files(files, tmp_path / "node")
+    x = np.ones((2, 64), np.float32)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.allclose(y, x @ w, atol=1e-4)
+    with pytest.raises(BadInput, match="outside"):
+        trial.write_onnx_files({"../evil.bin": b"x"}, tmp_path / "node2")
+    (src / "weights.bin").unlink()
+    with pytest.raises(l4opt.errors.StageFailed, match="weights.bin"):
+        trial.onnx_files(src / "model.onnx")
+
+
+@pytest.mark.gpu
+def test_a_measured_row_is_at_the_batch_and_shapes_it_names(tmp_path):
+    """On a GPU with TensorRT: the engine is timed at the row's latency batch (the deployment
+    batch) and the estimate stays beside it under est_* with its band and notes."""
+    row = l4opt.sweep("digits-cnn", "int8", tmp_path, progress=False, batch=16).rows[0]
+    assert row["latency_source"].startswith("measured-") and row["latency_batch"] == 16
+    assert row["shapes"]["batch"] == 16 and row["latency_low_ms"] == row["latency_ms"]
+    assert row["est_latency_source"] == "estimated-l4"
+    assert row["est_latency_low_ms"] <= row["est_latency_ms"] <= row["est_latency_high_ms"]
+    assert row["est_latency_batch"] == 16 and isinstance(row["est_latency_notes"], list)
