@@ -285,7 +285,7 @@ def read_bundle(bundle_dir) -> list[dict]:
         g = latency_stats(t["computeMs"])
         lat = latency_stats(t["latencyMs"]) if "latencyMs" in t else g
         enq = (t["endEnqMs"] - t["startEnqMs"]) if {"endEnqMs", "startEnqMs"} <= set(t) else None
-        thr = walltime_throughput(t)
+        thr = walltime_throughput(t, lb)
         curve = []
         for bt in entry.get("batches") or manifest.get("batches", []):
             f = Path(f"{eng}.b{bt}.timing.json")
@@ -294,10 +294,10 @@ def read_bundle(bundle_dir) -> list[dict]:
                 if not len(tb):
                     continue
                 s = latency_stats(tb["computeMs"])
-                w = walltime_throughput(tb)
+                w = walltime_throughput(tb, bt)
                 curve.append({"batch": bt, "latency_ms_median": s["median"], "p99": s["p99"],
                               "throughput_qps": w["throughput_qps"],
-                              "throughput_samples_s": w["throughput_qps"] * bt,
+                              "throughput_samples_s": w["throughput_samples_s"],
                               "trtexec_args": _args(d / f"b{bt}.args")})
         rows.append({
             "trial_id": tid, "status": "ok", "gpu": gpu, "latency_source": source_label(gpu),
@@ -307,7 +307,7 @@ def read_bundle(bundle_dir) -> list[dict]:
             "latency_ms_p95": g["p95"], "latency_ms_p99": g["p99"], "cv": g["cv"],
             "host_latency_ms_median": lat["median"], "iterations": g["count"],
             "walltime_ms": thr["walltime_ms"], "throughput_qps": thr["throughput_qps"],
-            "throughput_samples_s": thr["throughput_qps"] * lb,
+            "throughput_samples_s": thr["throughput_samples_s"],
             "warnings": stability_warnings(t["computeMs"], enq),
             "batch_sweep": curve, "trtexec_version": version,
             "trtexec_build_args": _args(d / "build.args"),

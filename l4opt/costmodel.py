@@ -43,7 +43,7 @@ Assumptions that are not from a document are named ASSUMPTION where they are set
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -221,10 +221,6 @@ class Kernel:
     l2_bytes: float = 0.0
     ops: list = field(default_factory=list)
     note: str = ""
-
-    @property
-    def cuda_core(self) -> bool:
-        return self.kind == "dwconv"
 
 
 @dataclass
@@ -996,6 +992,3 @@ def band_quantiles(errors, lo_q: float = 0.1, hi_q: float = 0.9) -> tuple:
         raise BadInput("no errors to make a band from")
     return float(np.quantile(e, lo_q)), float(np.quantile(e, hi_q))
 
-
-def as_dict(k: Kernel) -> dict:
-    return asdict(k)
