@@ -133,7 +133,7 @@ class Store:
     def cached(self, key: str) -> dict | None:
         """The stored row when the trial finished (ok or no-op: both are results) and its
         artifacts are intact, else None."""
-        row = self.row(key)
+        row = self.row(key) or self._orphan(key)
         if not row or row.get("status") not in ("ok", "no-op"):
             return None
         for name, art in (row.get("artifacts") or {}).items():
@@ -142,6 +142,19 @@ class Store:
                 self.notes.append(f"trial {key} ({row.get('recipe')}): artifact {name} "
                                   f"{'missing' if not p.exists() else 'corrupted'}; recomputing")
                 return None
+        return row
+
+    def _orphan(self, key: str) -> dict | None:
+        """A row.json whose database insert a kill interrupted (put writes the file first):
+        taken back into the database, so a finished trial is not recomputed."""
+        f = self.artifacts / key / "row.json"
+        try:
+            row = json.loads(f.read_text()) if f.exists() else None
+        except (OSError, json.JSONDecodeError):
+            return None
+        if row is None or row.get("key") != key:
+            return None
+        self._insert(row)
         return row
 
     def rows(self, workload: str | None = None) -> list[dict]:

@@ -331,3 +331,19 @@ def test_a_measured_row_is_at_the_batch_and_shapes_it_names(tmp_path):
     assert row["est_latency_source"] == "estimated-l4"
     assert row["est_latency_low_ms"] <= row["est_latency_ms"] <= row["est_latency_high_ms"]
     assert row["est_latency_batch"] == 16 and isinstance(row["est_latency_notes"], list)
+
+
+def test_a_row_json_whose_database_insert_was_killed_is_served_not_recomputed(tmp_path):
+    from l4opt.store import Store
+
+    store = Store(tmp_path)
+    row = {"key": "k1", "kind": "trial", "workload": "w", "recipe": "r", "status": "ok",
+           "created_at": "2026-01-01T00:00:00+00:00", "artifacts": {}}
+    d = store.artifact_dir("k1")
+    (d / "row.json").write_text(json.dumps(row))  # put() was killed before its database insert
+    assert store.row("k1") is None
+    assert store.cached("k1")["created_at"] == row["created_at"]
+    assert store.row("k1") is not None  # taken back into the database
+    (store.artifact_dir("k2") / "row.json").write_text(json.dumps(dict(row, key="other")))
+    assert store.cached("k2") is None  # a row.json that is not this trial's is ignored
+    store.close()
