@@ -37,7 +37,7 @@ def row_features(row, cache: Path, progress) -> dict:
     import onnx
 
     import truth_models
-    from l4opt import costmodel
+    from l4opt.latency import costmodel
 
     path = truth_models.onnx_path(row["model"], row["precision"])
     flags = str(row["flags"] or "")
@@ -59,18 +59,27 @@ def row_features(row, cache: Path, progress) -> dict:
     return feat
 
 
+# the modules whose code decides kernels(): any edit to them recomputes the cached features
+RULE_MODULES = ("costmodel", "gpus", "graph_shapes", "validate", "attention", "partition",
+                "recurrent", "memory", "tiles", "kernel")
+
+
 def source_hash() -> str:
-    """Hash of costmodel.py: keys the feature CACHE only (any edit recomputes the kernels);
-    the fit is stamped with costmodel.COSTMODEL_VERSION, which estimate.py checks."""
+    """Hash of the cost model's rule modules (RULE_MODULES): keys the feature CACHE only (any
+    edit recomputes the kernels); the fit is stamped with costmodel.COSTMODEL_VERSION, which
+    estimate.py checks."""
     import hashlib
 
-    from l4opt import costmodel
+    from l4opt.latency import costmodel
 
-    return hashlib.sha256(Path(costmodel.__file__).read_bytes()).hexdigest()[:8]
+    h = hashlib.sha256()
+    for name in RULE_MODULES:
+        h.update((Path(costmodel.__file__).parent / f"{name}.py").read_bytes())
+    return h.hexdigest()[:8]
 
 
 def kinds_of(feat: dict) -> list:
-    from l4opt import costmodel
+    from l4opt.latency import costmodel
 
     return costmodel.validation_kinds(feat, feat.get("facts"))
 
@@ -107,7 +116,8 @@ def main() -> None:
     a = ap.parse_args()
 
     import truth_models
-    from l4opt import costmodel, estimate
+    from l4opt.latency import costmodel
+    from l4opt.latency import estimate
 
     t0 = time.time()
 
@@ -199,7 +209,7 @@ def main() -> None:
 def minilm_section(cache: Path, progress) -> None:
     """The default workload at batch 1 and 32: FP16 vs FP8 vs INT8, with the model's reasons."""
     import l4opt
-    from l4opt import estimate
+    from l4opt.latency import estimate
 
     run = cache / "minilm-run"
     progress("minilm: baseline, fp8, int8 ONNX via l4opt.sweep (cached in the run dir)")
@@ -234,7 +244,8 @@ def minilm_section(cache: Path, progress) -> None:
 
 
 def fixtures_section(fx: Path) -> None:
-    from l4opt import engine_report, estimate
+    from l4opt.latency import trtexec as engine_report
+    from l4opt.latency import estimate
 
     print("\nengine-graph path on the TITAN RTX fixtures (a test of that path, not the fit):")
     for name in ("mobilenet.qat.onnx", "mobilenet_v2_residuals.qat.onnx"):

@@ -24,7 +24,7 @@ def main() -> None:
     import ray
 
     import l4opt
-    from l4opt.cluster import warm_up
+    from l4opt.run.cluster import warm_up
 
     work = Path(tempfile.mkdtemp(prefix="l4opt-bench-ray-"))
     # warm this process (imports, the cached digits model) so both timings start equal

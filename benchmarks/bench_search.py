@@ -21,7 +21,7 @@ import time
 
 
 def _run(w, recipe, budget, strategy, run_dir):
-    from l4opt.searches import search
+    from l4opt.precision.api import search
 
     t, c = time.perf_counter(), _cpu()
     res = search(w, recipe, budget, run_dir, strategy=strategy, progress=False)
@@ -61,8 +61,8 @@ def main() -> None:
     ap.add_argument("--skip-old", action="store_true",
                     help="skip the old strategy (about 9 minutes on 2 cores for minilm)")
     a = ap.parse_args()
-    from l4opt import workloads
-    from l4opt.searches import Budget
+    from l4opt.spec import workloads
+    from l4opt.precision.api import Budget
 
     w = workloads.load(a.workload)
     budget = Budget(min_cosine=a.min_cosine)

@@ -214,8 +214,8 @@ def onnx_path(model: str, precision: str) -> Path:
         return fp32
     out = base.with_name(base.name + f"-{precision}.onnx")
     if not out.exists():
-        from l4opt.quantize import quantize_onnx
-        from l4opt.recipes import Recipe
+        from l4opt.pipeline.quantize import quantize_onnx
+        from l4opt.spec.recipes import Recipe
 
         _, inputs = SPECS[model]
         n = 2 if "retinanet" in model or "bert" in model else 4
@@ -224,7 +224,7 @@ def onnx_path(model: str, precision: str) -> Path:
         logging.disable(logging.WARNING)  # ModelOpt logs every tensor it casts at DEBUG
         try:
             with contextlib.redirect_stderr(io.StringIO()):
-                quantize_onnx(str(fp32), str(tmp), Recipe(f"truth-{precision}", path="onnx-ptq",
+                quantize_onnx(str(fp32), str(tmp), Recipe(f"truth-{precision}", route="onnx-ptq",
                                                           format=precision, algorithm="max"), calib)
         finally:
             logging.disable(logging.NOTSET)

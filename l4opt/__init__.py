@@ -9,19 +9,20 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "sweep": ("l4opt.sweeps", "sweep"),
-    "SweepResult": ("l4opt.sweeps", "SweepResult"),
-    "Workload": ("l4opt.workloads", "Workload"),
-    "InputSpec": ("l4opt.workloads", "InputSpec"),
-    "Metric": ("l4opt.workloads", "Metric"),
-    "Recipe": ("l4opt.recipes", "Recipe"),
-    "search": ("l4opt.searches", "search"),
-    "sensitivity": ("l4opt.searches", "sensitivity"),
+    "sweep": ("l4opt.run.sweep", "sweep"),
+    "SweepResult": ("l4opt.run.sweep", "SweepResult"),
+    "Workload": ("l4opt.spec.workloads", "Workload"),
+    "InputSpec": ("l4opt.spec.workloads", "InputSpec"),
+    "Metric": ("l4opt.spec.workloads", "Metric"),
+    "Recipe": ("l4opt.spec.recipes", "Recipe"),
+    "search": ("l4opt.precision.api", "search"),
+    "sensitivity": ("l4opt.precision.api", "sensitivity"),
+    "plan": ("l4opt.fleet.plan", "plan"),
 }
-_SUBMODULES = {"workloads", "recipes", "errors", "env", "store", "drift", "export", "quantize",
-               "runners", "estimate", "engine_report", "bench", "trt", "bundle", "plots",
-               "widgets", "report", "cli", "sweeps", "searches", "shapes", "names", "trial", "costmodel", "mixed", "tables", "userload",
-               "qdq", "cluster", "execute"}
+# the layers, lowest first; each imports only from those before it (tests/unit/test_layers.py)
+LAYERS = ("errors", "env", "files", "spec", "onnx", "results", "latency", "fleet", "pipeline",
+          "run", "precision", "ui", "cli")
+_SUBMODULES = set(LAYERS)
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

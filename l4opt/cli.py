@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 
-from .errors import L4OptError
+from l4opt.errors import L4OptError
 
-SHOW = ["recipe", "status", "format", "path", "layers", "metric_name", "metric", "metric_delta",
-        "cos_mean", "cos_min", "sqnr_db", "max_abs_err", "drift_backend", "latency_ms",
+SHOW = ["recipe", "status", "format", "route", "layers", "metric_name", "metric", "metric_drop",
+        "cos_mean", "cos_min", "sqnr_db", "drift_backend", "latency_ms", "speedup",
         "latency_batch", "throughput_samples_s", "latency_source", "total_s", "cached"]
 NAMES = {"layers": "quantized/GEMM", "latency_ms": "L4 ms (band)", "latency_batch": "batch",
-         "throughput_samples_s": "L4 samples/s"}
+         "throughput_samples_s": "L4 samples/s", "metric_drop": "drop (lower is better)",
+         "speedup": "x FP16 (band)"}
 
 
 def _jsonable(v):
@@ -30,7 +33,7 @@ def print_table(df, columns=SHOW) -> None:
     (l4opt.tables), the L4 latency with its estimate band and the batch it is for."""
     import pandas as pd
 
-    from .tables import display_frame
+    from l4opt.ui.tables import display_frame
 
     rename = NAMES if "latency_source" in df.columns else {}
     shown = display_frame(df, columns, rename)
@@ -64,11 +67,11 @@ def _dims(a) -> dict | None:
 def _workload(a, **options):
     """The workload the user named (built-in, 'pkg.mod:fn' or 'file.py:fn'), options checked
     against its factory, with the deployment batch and named dims set on it."""
-    from .userload import load_workload
+    from l4opt.spec.loader import load_workload
 
     w = load_workload(a.workload, options, cli=True)
     if getattr(a, "ray", None):
-        from .userload import ship_by_value
+        from l4opt.spec.loader import ship_by_value
 
         ship_by_value()  # Ray workers cannot import the user's file: send its code along
     if getattr(a, "batch", None):
@@ -78,31 +81,28 @@ def _workload(a, **options):
     return w
 
 
-def _shape_kwargs(fn, a) -> dict:
-    """batch=/dims= for a verb that takes them (they are also set on the Workload itself)."""
-    import inspect
-
-    params = inspect.signature(fn).parameters
+def _shape_kwargs(a) -> dict:
+    """batch=/dims= of sweep, sensitivity and search (they are also set on the Workload)."""
     out = {}
-    if getattr(a, "batch", None) and "batch" in params:
+    if getattr(a, "batch", None):
         out["batch"] = a.batch
-    if _dims(a) and "dims" in params:
+    if _dims(a):
         out["dims"] = _dims(a)
     return out
 
 
 def cmd_sweep(a) -> int:
-    from .recipes import resolve
-    from .sweeps import sweep
+    from l4opt.run.sweep import sweep
+    from l4opt.spec.recipes import resolve
 
     resolve(a.recipes)  # an unknown recipe fails before the workload loads
     w = _workload(a, calib_samples=a.calib_samples, eval_samples=a.eval_samples)
+    export = {k: v for k, v in (("exporter", a.exporter), ("opset", a.opset)) if v is not None}
     res = sweep(w, a.recipes, a.out, force=a.force, progress=not a.json,
-                cluster=a.ray, **_shape_kwargs(sweep, a))
+                cluster=a.ray, export=export or None, spec=a.workload, **_shape_kwargs(a))
     if a.json:
         rows = [{k: v for k, v in r.items() if k != "traceback"} for r in res.rows]
-        print(json.dumps(_jsonable({"run_dir": str(res.run_dir), "notes": res.notes,
-                                    "rows": rows}), indent=1, default=str))
+        _emit({"run_dir": str(res.run_dir), "notes": res.notes, "rows": rows}, True, "")
     else:
         for n in res.notes:
             print(f"note: {n}", file=sys.stderr)
@@ -119,7 +119,7 @@ def cmd_sweep(a) -> int:
 
 def _say_not_ok(r: dict) -> None:
     """A row that is not plainly ok says so under the table, with why."""
-    from .tables import row_status
+    from l4opt.ui.tables import row_status
 
     status = row_status(r)
     if status == "failed":
@@ -145,14 +145,18 @@ def _ray_arg(s) -> None:
 def _layer_args(s):
     """What sensitivity and search share: workload, recipe, run dir, sample count, JSON, Ray."""
     _workload_arg(s, nargs=None)
-    s.add_argument("--recipe", required=True)
-    s.add_argument("--out", default="runs/default")
+    s.add_argument("--recipe", required=True,
+                   help="the quantizing recipe to study: a built-in name (l4opt recipes) or a "
+                        "recipe file (.json/.yaml)")
+    s.add_argument("--out", default="runs/default",
+                   help="run directory to read and write (default runs/default)")
     s.add_argument("--calib-samples", type=positive_int, default=None,
                    help="calibration samples (a workload option)")
     s.add_argument("--eval-samples", type=positive_int, default=None,
                    help="evaluation samples the per-layer drift is measured on")
     _shape_args(s)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true",
+                   help="print the result as JSON (only JSON on stdout)")
     _ray_arg(s)
     return s
 
@@ -181,21 +185,69 @@ def _shape_args(s, batch_default=None):
 
 
 def cmd_list(a) -> int:
-    from . import recipes, workloads
+    from l4opt.spec import recipes, workloads
 
     if a.what == "workloads":
         for n in workloads.names():
             print(n + ("  (default)" if n == workloads.DEFAULT else ""))
     else:
+        print(f"{'recipe':18s} {'route':10s} {'format':6s} {'calibration':12s} what it does")
         for r in recipes.BUILTIN.values():
-            print(f"{r.name:18s} {r.path:10s} {r.format:5s} {str(r.algorithm):12s} "
+            print(f"{r.name:18s} {r.route:10s} {r.format:6s} {r.algorithm or '–':12s} "
                   f"{r.description}")
         print("\nrefused on L4: " + ", ".join(recipes.REFUSED))
     return 0
 
 
+_JSON_OUT = None  # where --json output goes: the real stdout, while everything else is on stderr
+
+
 def _emit(obj, as_json: bool, text: str) -> None:
-    print(json.dumps(_jsonable(obj), indent=1, default=str) if as_json else text)
+    if as_json:
+        print(json.dumps(_jsonable(obj), indent=1, default=str), file=_JSON_OUT or sys.stdout,
+              flush=True)
+    else:
+        print(text)
+
+
+@contextlib.contextmanager
+def _stdout_for_json(on: bool):
+    """With --json, the JSON is the only thing on stdout: while the verb runs, Python's
+    sys.stdout and file descriptor 1 (native libraries, child processes, Ray's worker logs)
+    point at stderr, and _emit writes to the stdout the caller gave."""
+    global _JSON_OUT
+    if not on:
+        yield
+        return
+    out = sys.stdout
+    with contextlib.suppress(Exception):
+        out.flush()
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None  # not a file (a test's capture): it receives the JSON as it is
+    saved = os.dup(1)
+    json_out = os.fdopen(os.dup(saved), "w") if fd == 1 else out
+    os.dup2(sys.stderr.fileno() if _has_fd(sys.stderr) else 2, 1)
+    sys.stdout, _JSON_OUT = sys.stderr, json_out
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        sys.stdout, _JSON_OUT = out, None
+        if json_out is not out:
+            json_out.close()
+
+
+def _has_fd(stream) -> bool:
+    try:
+        stream.fileno()
+        return True
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _save_json(run_dir, sub: str, name: str, obj):
@@ -203,7 +255,7 @@ def _save_json(run_dir, sub: str, name: str, obj):
     name (a file, a workload): it becomes a slug plus a short hash, never a raw path part."""
     from pathlib import Path
 
-    from .names import safe_filename
+    from l4opt.spec.names import safe_filename
 
     d = Path(run_dir) / sub
     d.mkdir(parents=True, exist_ok=True)
@@ -213,13 +265,13 @@ def _save_json(run_dir, sub: str, name: str, obj):
 
 
 def cmd_sensitivity(a) -> int:
-    from .recipes import get
-    from .searches import sensitivity
+    from l4opt.precision.api import sensitivity
+    from l4opt.spec.recipes import get
 
     get(a.recipe)
     w = _workload(a, calib_samples=a.calib_samples)
     res = sensitivity(w, a.recipe, a.out, eval_samples=a.eval_samples,
-                      progress=not a.json, cluster=a.ray, **_shape_kwargs(sensitivity, a))
+                      progress=not a.json, cluster=a.ray, **_shape_kwargs(a))
     d = res.to_dict()
     if a.json:
         _emit(d, True, "")
@@ -229,10 +281,9 @@ def cmd_sensitivity(a) -> int:
 
 
 def cmd_search(a) -> int:
-    from .searches import Budget, search
-
-    from .errors import BadInput
-    from .recipes import get
+    from l4opt.errors import BadInput
+    from l4opt.precision.api import Budget, search
+    from l4opt.spec.recipes import get
 
     # refuse an unmeetable budget before any work: a negative drop asks the quantized model to
     # beat the reference, a cosine outside [-1, 1] does not exist
@@ -248,7 +299,7 @@ def cmd_search(a) -> int:
     w = _workload(a, calib_samples=a.calib_samples)
     res = search(w, a.recipe, budget, a.out, strategy=a.strategy,
                  eval_samples=a.eval_samples, progress=not a.json, cluster=a.ray,
-                 **_shape_kwargs(search, a))
+                 **_shape_kwargs(a))
     d = res.to_dict()
     if a.json:
         _emit(d, True, "")
@@ -261,7 +312,7 @@ def cmd_search(a) -> int:
 
 
 def cmd_lint(a) -> int:
-    from . import engine_report
+    from l4opt.latency import trtexec as engine_report
 
     layers = engine_report.read_layer_info(a.graph)
     profile = engine_report.read_profile(a.profile) if a.profile else None
@@ -276,11 +327,15 @@ def cmd_lint(a) -> int:
 
 
 def cmd_estimate(a) -> int:
-    from . import estimate
+    from l4opt.latency import estimate
 
     if a.calibrate_from:
-        table = estimate.calibrate_from(a.calibrate_from, progress=not a.json)
-        text = (f"ESTIMATE vs MEASURED L4 latency on {len(table)} rows of {a.calibrate_from}, "
+        print("l4opt: --calibrate-from is now --refit-from (calibration means ModelOpt's); "
+              "refitting", file=sys.stderr)
+        a.refit_from = a.calibrate_from
+    if a.refit_from:
+        table = estimate.refit_from(a.refit_from, progress=not a.json)
+        text = (f"ESTIMATE vs MEASURED L4 latency on {len(table)} rows of {a.refit_from}, "
                 f"before/after refitting the cost model's constants (saved in the run):\n"
                 + table.to_string(index=False, float_format=lambda x: f"{x:.4g}")
                 + f"\nmedian |error| before {100 * table['error_before'].abs().median():.1f}%, "
@@ -289,9 +344,9 @@ def cmd_estimate(a) -> int:
         return 0
     if a.onnx:
         est = estimate.estimate_onnx(a.onnx, gpu=a.gpu, batch=a.batch, dynamic_dims=_dims(a),
-                                     calibration=a.calibration)
+                                     refit=a.refit or a.calibration)
     else:
-        from . import engine_report
+        from l4opt.latency import trtexec as engine_report
 
         est = estimate.estimate_engine(engine_report.read_layer_info(a.engine_graph), gpu=a.gpu,
                                        batch=a.batch)
@@ -300,7 +355,7 @@ def cmd_estimate(a) -> int:
 
 
 def cmd_bundle(a) -> int:
-    from . import bundle
+    from l4opt.latency import bundle
 
     path = bundle.bundle_run(a.run_dir, a.output)
     print(f"bundle written: {path}\ncopy it to an L4 machine, run build_and_profile.sh there, "
@@ -309,7 +364,7 @@ def cmd_bundle(a) -> int:
 
 
 def cmd_import(a) -> int:
-    from . import bundle
+    from l4opt.latency import bundle
 
     rows = bundle.import_bundle(a.run_dir, a.bundle_dir)
     _emit(rows, a.json, "\n".join(
@@ -322,8 +377,8 @@ def cmd_import(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .errors import BadInput
-    from .report import write_report
+    from l4opt.errors import BadInput
+    from l4opt.ui.report import write_report
 
     try:
         print(write_report(a.run_dir, a.output))
@@ -334,17 +389,46 @@ def cmd_report(a) -> int:
     return 0
 
 
-def cmd_recipe_run(a) -> int:
-    from .execute import run_recipe
+def cmd_playbook_run(a) -> int:
+    from l4opt.ui.playbooks import run_playbook
 
-    out = run_recipe(a.yaml, a.out)
+    if a.cmd == "recipe":
+        print("l4opt: `l4opt recipe run` is now `l4opt playbook run` (a recipe is a precision "
+              "recipe; a papermill study is a playbook); running it", file=sys.stderr)
+    out = run_playbook(a.yaml, a.out)
     for k, v in out.items():
         print(f"{k}: {v}")
     return 0
 
 
+def cmd_plan(a) -> int:
+    from l4opt.errors import BadInput
+    from l4opt.fleet.plan import plan, text
+
+    def number(v, flag):
+        if v is None:
+            return None
+        try:
+            f = float(v)
+        except ValueError:
+            raise BadInput(f"{flag} {v!r} is not a number; give a number > 0") from None
+        if not (math.isfinite(f) and f > 0):
+            raise BadInput(f"{flag} {v!r}: give a finite number > 0")
+        return f
+
+    if (a.run_dir is None) == (a.onnx is None):
+        raise BadInput("give a RUN_DIR or --onnx FILE (exactly one)")
+    gpus = a.gpus or a.gpu or ("L4,T4,A10G,L40S" if a.run_dir else "L4")
+    res = plan(a.run_dir, onnx=a.onnx, qps=number(a.qps, "--qps"),
+               p99_ms=number(a.p99_ms, "--p99-ms"), gpus=gpus, prices=a.prices,
+               budget=None if a.max_drop is None else {"max_drop": a.max_drop},
+               dims=_dims(a), max_batch=a.max_batch)
+    _emit(res.to_dict(), a.json, text(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from l4opt import __version__
 
     p = argparse.ArgumentParser(prog="l4opt", description="Pick the precision recipe to ship "
                                 "on NVIDIA L4: accuracy drift against L4 latency.")
@@ -358,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/default", help="run directory (default runs/default)")
     s.add_argument("--json", action="store_true", help="print machine-readable rows")
     s.add_argument("--force", action="store_true", help="recompute cached trials")
+    s.add_argument("--exporter", choices=["auto", "torchscript", "dynamo"], default=None,
+                   help="how the FP32 graph is exported (default auto: TorchScript, then "
+                        "torch's dynamo exporter when TorchScript fails)")
+    s.add_argument("--opset", type=positive_int, default=None,
+                   help="ONNX opset of the FP32 export (default 17; dynamo writes >= 18)")
     s.add_argument("--calib-samples", type=positive_int, default=None,
                    help="calibration samples (a workload option)")
     s.add_argument("--eval-samples", type=positive_int, default=None,
@@ -393,20 +482,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("graph", help="layer information JSON (trtexec --exportLayerInfo)")
     s.add_argument("--profile", help="per-layer profile JSON (trtexec --exportProfile)")
     s.add_argument("--out", default=None, help="run directory to keep the lint in (for reports)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the lint as JSON")
     s.set_defaults(fn=cmd_lint)
 
     s = sub.add_parser("estimate", help="ESTIMATED per-layer and total latency on a GPU")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--onnx", help="a (Q/DQ) ONNX model")
     g.add_argument("--engine-graph", help="an engine's layer information JSON")
-    g.add_argument("--calibrate-from", metavar="RUN_DIR",
+    g.add_argument("--refit-from", metavar="RUN_DIR",
                    help="refit the cost model on a run's measured L4 rows; print error before/after")
-    s.add_argument("--calibration", metavar="RUN_DIR", default=None,
-                   help="estimate with the constants a run was calibrated to (--calibrate-from)")
-    s.add_argument("--gpu", default="L4")
+    g.add_argument("--calibrate-from", metavar="RUN_DIR", help=argparse.SUPPRESS)  # old name
+    s.add_argument("--refit", metavar="RUN_DIR", default=None,
+                   help="estimate with the constants refitted on a run (--refit-from)")
+    s.add_argument("--calibration", default=None, help=argparse.SUPPRESS)  # old name of --refit
+    s.add_argument("--gpu", default="L4",
+                   help="the GPU to estimate on (L4, T4, A10G, L40S, A100, H100; default L4)")
     _shape_args(s, batch_default=1)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the estimate as JSON")
     s.set_defaults(fn=cmd_estimate)
 
     s = sub.add_parser("bundle", help="write ONNX + a trtexec build/profile script for a remote L4")
@@ -417,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("import", help="read a bundle's trtexec results back as measured rows")
     s.add_argument("run_dir")
     s.add_argument("bundle_dir")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the imported rows as JSON")
     s.set_defaults(fn=cmd_import)
 
     s = sub.add_parser("report", help="one self-contained HTML report of a run directory")
@@ -425,17 +517,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None)
     s.set_defaults(fn=cmd_report)
 
-    s = sub.add_parser("recipe", help="papermill study recipes")
-    rs = s.add_subparsers(dest="recipe_cmd", required=True)
-    r = rs.add_parser("run", help="execute a recipe YAML with papermill and write its report")
-    r.add_argument("yaml")
-    r.add_argument("--out", default=None)
-    r.set_defaults(fn=cmd_recipe_run)
+    s = sub.add_parser("plan", help="fleet plan: max QPS per GPU at a p99 target, GPUs needed, "
+                                    "USD per million and joules per inference, per recipe and GPU")
+    s.add_argument("run_dir", nargs="?", default=None, help="a sweep's run directory")
+    s.add_argument("--onnx", default=None, help="plan one (Q/DQ) ONNX file instead of a run")
+    s.add_argument("--qps", default=None, help="target traffic (queries per second, Poisson)")
+    s.add_argument("--p99-ms", required=True, help="p99 latency target in ms (queueing included)")
+    s.add_argument("--gpus", default=None, help="comma-separated GPUs (default for a run "
+                   "directory: L4,T4,A10G,L40S; known: L4, T4, A10G, L40S, A100, H100, ...)")
+    s.add_argument("--gpu", default=None, help="one GPU (same as --gpus with one name)")
+    s.add_argument("--prices", default=None, help="YAML or JSON file of USD per GPU-hour "
+                   "(on_demand, custom) overriding l4opt/data/prices.json")
+    s.add_argument("--max-drop", default=None, help="accuracy budget: largest allowed metric "
+                   "drop (rows above it are shown, never recommended)")
+    s.add_argument("--max-batch", type=positive_int, default=64,
+                   help="largest batch to consider for --onnx (default 64)")
+    s.add_argument("--dim", action="append", type=dim_value, metavar="NAME=VALUE",
+                   help="value of a named non-batch axis of --onnx, e.g. seq=128 (repeatable)")
+    s.add_argument("--json", action="store_true", help="print the plan as JSON")
+    s.set_defaults(fn=cmd_plan)
+
+    for verb in ("playbook", "recipe"):  # `recipe run`: the spelling before 0.2, still taken
+        s = sub.add_parser(verb, help="papermill playbooks: a parameterized notebook + values"
+                           if verb == "playbook" else "renamed: use `l4opt playbook run`")
+        rs = s.add_subparsers(dest="playbook_cmd", required=True)
+        r = rs.add_parser("run", help="execute a playbook YAML with papermill and write its "
+                                      "report")
+        r.add_argument("yaml", help="a playbook file (playbooks/*.yaml)")
+        r.add_argument("--out", default=None, help="run directory (default runs/<name>)")
+        r.set_defaults(fn=cmd_playbook_run)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    with _stdout_for_json(bool(getattr(args, "json", False))):
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return args.fn(args)
     except L4OptError as exc:

@@ -8,7 +8,7 @@ import os
 import platform
 from functools import lru_cache
 
-from .errors import MissingDependency
+from l4opt.errors import MissingDependency
 
 # module name -> (pip extra that installs it, distribution name for its version)
 OPTIONAL = {

@@ -27,6 +27,6 @@ class StageFailed(L4OptError, RuntimeError):
     """A pipeline stage failed; says which stage and which artifact."""
 
     def __init__(self, stage: str, message: str, artifact: str | None = None):
-        self.stage, self.artifact = stage, artifact
+        self.stage, self.artifact, self.message = stage, artifact, message
         where = f" (artifact: {artifact})" if artifact else ""
         super().__init__(f"{stage} failed{where}: {message}")

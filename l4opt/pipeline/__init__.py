@@ -1,0 +1,1 @@
+"""One trial: context, quantize (ModelOpt), export, runners, drift, status, latency, row."""

@@ -1,0 +1,1 @@
+"""Per-layer sensitivity and the mixed-precision search within an accuracy budget."""

@@ -1,0 +1,1 @@
+"""Running trials: executors (local, Ray) and the sweep."""
