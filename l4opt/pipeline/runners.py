@@ -37,6 +37,22 @@ class Runner(Protocol):
 
 NUMERICS = ("tensorrt", "onnxruntime")
 TRT_NUMERICS_LABEL = "onnxruntime-cpu, TensorRT numerics"
+# L4OPT_DRIFT_NUMERICS=onnxruntime runs graphs with ONNX Runtime's own CPU kernels instead (a
+# diagnostic: what ORT itself computes, crashes included)
+NUMERICS_ENV = "L4OPT_DRIFT_NUMERICS"
+
+
+def drift_numerics() -> str:
+    """The numerics drift is measured with: TensorRT's unless the environment says otherwise."""
+    n = os.environ.get(NUMERICS_ENV, "tensorrt")
+    if n not in NUMERICS:
+        raise BadInput(f"{NUMERICS_ENV}={n!r}: choose one of {NUMERICS}")
+    return n
+
+
+def numerics_label() -> str:
+    """The drift_backend of a graph run in ONNX Runtime with the numerics in force."""
+    return TRT_NUMERICS_LABEL if drift_numerics() == "tensorrt" else "onnxruntime-cpu"
 
 
 class OrtRunner:
@@ -210,7 +226,7 @@ class OrtWorker:
 
     def run(self, path, input_names, batches, quantized: bool = False, *, total=None,
             desc="evaluate (onnxruntime)", progress=False, file=None,
-            numerics: str = "tensorrt") -> dict[str, np.ndarray]:
+            numerics: str | None = None) -> dict[str, np.ndarray]:
         """Every batch through the graph at `path` in the child; outputs concatenated."""
         from tqdm.auto import tqdm
 
@@ -219,7 +235,7 @@ class OrtWorker:
         batches = list(batches)
         try:
             _send(self.proc.stdin, ("run", str(path), list(input_names), bool(quantized),
-                                    self.threads, batches, numerics))
+                                    self.threads, batches, numerics or drift_numerics()))
         except (BrokenPipeError, OSError):
             return self._died(path)
         with tqdm(total=total or len(batches), desc=desc, leave=False, disable=not progress,

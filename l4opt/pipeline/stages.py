@@ -14,7 +14,7 @@ import numpy as np
 from l4opt.errors import BadInput, StageFailed
 from l4opt.files import safe_output
 from l4opt.pipeline.context import Context, nbatches
-from l4opt.pipeline.runners import TRT_NUMERICS_LABEL
+from l4opt.pipeline.runners import numerics_label
 from l4opt.spec.recipes import Recipe
 
 STAGES: dict[str, Callable] = {}
@@ -98,13 +98,13 @@ def baseline(ctx: Context, recipe: Recipe, key: str, row: dict, ort, log):
                modelopt_batch=None)
     with timed(row, "evaluate", ctx):
         try:
-            return _eval_onnx(ctx, ort, Path(art.path), False), f"{TRT_NUMERICS_LABEL} (fp16 graph)"
+            return _eval_onnx(ctx, ort, Path(art.path), False), f"{numerics_label()} (fp16 graph)"
         except NativeCrash:
             raise
         except StageFailed as exc:
             row["notes"].append(f"FP16 graph not runnable in ONNX Runtime CPU ({exc}); drift "
                                 f"measured on the FP32 export")
-            return _eval_onnx(ctx, ort, ctx.base_onnx(), False), f"{TRT_NUMERICS_LABEL} (fp32 graph)"
+            return _eval_onnx(ctx, ort, ctx.base_onnx(), False), f"{numerics_label()} (fp32 graph)"
 
 
 @stage("onnx-ptq")
@@ -133,7 +133,7 @@ def onnx_ptq(ctx: Context, recipe: Recipe, key: str, row: dict, ort, log):
     if art.custom_ops:
         row["notes"].append(f"TensorRT-only custom ops in the graph: {', '.join(art.custom_ops)}")
     with timed(row, "evaluate", ctx):
-        return _eval_onnx(ctx, ort, out, True), TRT_NUMERICS_LABEL
+        return _eval_onnx(ctx, ort, out, True), numerics_label()
 
 
 @stage("torch-ptq")
@@ -188,7 +188,7 @@ def torch_ptq(ctx: Context, recipe: Recipe, key: str, row: dict, ort, log):
                 f"model")
         else:
             try:
-                return _eval_onnx(ctx, ort, path, True), TRT_NUMERICS_LABEL
+                return _eval_onnx(ctx, ort, path, True), numerics_label()
             except NativeCrash:
                 raise
             except StageFailed as exc:

@@ -23,7 +23,12 @@ class OnnxStudy:
     PTQ (once per 8-bit format), candidates built by splicing Q/DQ pairs per layer, drift in
     ONNX Runtime on the CPU (basic graph optimizations, as the sweep runs Q/DQ graphs)."""
 
-    drift_backend = "onnxruntime-cpu, TensorRT numerics"
+    @property
+    def drift_backend(self) -> str:
+        from l4opt.pipeline.runners import numerics_label
+
+        return numerics_label()
+
 
     def __init__(self, workload: Workload, recipe: Recipe, eval_samples: int | None,
                  progress: bool, workdir, *, mixed: bool = True, screen: int | None = None,

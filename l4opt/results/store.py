@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from l4opt.errors import BadInput
+from l4opt.spec import row as rowspec
 from l4opt.files import check_inside, file_sha256, safe_mkdir, safe_output, safe_write
 
 STORE_SCHEMA = 1
@@ -96,10 +97,10 @@ class Store:
         return _parse_row(self, key, r[0]) if r else None
 
     def cached(self, key: str) -> dict | None:
-        """The stored row when the trial finished (ok or no-op: both are results) and its
-        artifacts are intact, else None."""
+        """The stored row when the trial finished (ok, collapsed or no-op: all are results) and
+        its artifacts are intact, else None."""
         row = self.row(key) or (None if self.readonly else adopt_orphan(self, key))
-        if not row or row.get("status") not in ("ok", "no-op"):
+        if not row or rowspec.status(row) not in rowspec.RESULT_STATUSES:
             return None
         for name, art in (row.get("artifacts") or {}).items():
             p = self.run_dir / art["path"]

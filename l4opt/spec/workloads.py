@@ -157,10 +157,16 @@ class Workload:
 
     def code_identity(self) -> str:
         """What decides the model's computation besides its weights: the source (else the
-        bytecode) of every module class in it, so a changed `forward` is a new export."""
+        bytecode) of every module class in it and its modules' plain attributes, so a changed
+        `forward` or scale is a new export."""
         import inspect
 
         h = hashlib.sha256()
+        # plain attributes a forward may read (a scale, a flag): part of what it computes
+        for name, m in self.module().named_modules():
+            simple = {k: v for k, v in vars(m).items() if not k.startswith("_") and
+                      isinstance(v, (int, float, str, bool, tuple, type(None)))}
+            h.update(f"{name}|{type(m).__qualname__}|{sorted(simple.items(), key=str)!r}".encode())
         for cls in sorted({type(m) for m in self.module().modules()},
                           key=lambda c: f"{c.__module__}.{c.__qualname__}"):
             h.update(f"{cls.__module__}.{cls.__qualname__}".encode())

@@ -52,7 +52,10 @@ def test_builtin_sweeps_land_once_with_the_same_metrics(cluster, tmp_path):
         remote = l4opt.sweep(name, recipes, tmp_path / f"{name}-ray", progress=False,
                              cluster=cluster.address, **kw)
         assert not ray.is_initialized()  # the sweep disconnected from the cluster it joined
-        assert [r["status"] for r in remote.rows] == ["ok"] * len(recipes), remote.failed
+        # the same statuses as the local sweep (minilm's int8-max collapses in both)
+        assert [r["status"] for r in remote.rows] == [r["status"] for r in local.rows], \
+            remote.failed
+        assert not remote.failed
         assert {r["executor"] for r in remote.rows} == {"ray"}
         keys = _db_keys(tmp_path / f"{name}-ray")
         assert sorted(keys) == sorted(r["key"] for r in remote.rows)  # every trial once

@@ -70,9 +70,10 @@ def test_a_final_sweep_missing_the_budget_is_not_met(tmp_path):
     res = l4opt.search(w, "int8-max", Budget(min_cosine=0.9), tmp_path, strategy="greedy",
                        eval_samples=32, progress=False)
     assert res.candidate_met is True
-    assert res.final_row["status"] == "ok"
+    # the sweep on all 64 samples finished (its drift is far past sense: collapsed)
+    assert res.final_row["status"] in ("ok", "collapsed")
     assert not res.final_row["cos_mean"] >= 0.9  # measured by the sweep: below the budget
-    assert res.met is False and "does not meet" in res.message
+    assert res.met is False and "NOT MET" in res.message
 
 
 def test_cli_search_exits_1_when_the_saved_recipe_fails(tmp_path, capsys, monkeypatch):

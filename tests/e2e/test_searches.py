@@ -112,7 +112,9 @@ def test_a_mixed_recipe_exports_int8_fp8_fp16_in_one_graph_and_reproduces(tmp_pa
     assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 19
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    sess = ort.InferenceSession(str(tmp_path / "mixed.onnx"), opts,
+    from l4opt.onnx.numerics import trt_numerics  # as the sweep and the study run it
+
+    sess = ort.InferenceSession(trt_numerics(m)[0].SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     out = np.concatenate([sess.run(None, dict(zip(w.input_names, b)))[0]
                           for b in w.batches(w.eval_data)])
@@ -301,7 +303,8 @@ def test_toggling_a_layer_equals_recalibrating_without_it():
 
     def loop(m):
         with torch.no_grad():
-            for b in w.batches(w.calib_data):
+            # at the deployment batch, as Calibrated calibrates
+            for b in w.batches(w.calib_data, cal.shapes.batch):
                 m(*[torch.from_numpy(np.ascontiguousarray(x)) for x in b])
 
     quantize_torch(model, Recipe(base.name, base.route, base.format, base.algorithm,

@@ -335,13 +335,18 @@ def test_a_native_crash_of_onnxruntime_is_a_failed_row_and_the_sweep_goes_on(tmp
     w, crash = _fp16_with_layernorm(tmp_path)
     with OrtWorker(tmp_path / "ort.log") as ort:
         with pytest.raises(NativeCrash, match="SIGSEGV"):
-            ort.run(crash, ["tokens"], [[w.eval_data["tokens"][:4]]])
+            ort.run(crash, ["tokens"], [[w.eval_data["tokens"][:4]]], numerics="onnxruntime")
+        # as TensorRT computes it (FP16 LayerNorm in FP32), the same graph runs
+        assert ort.run(crash, ["tokens"], [[w.eval_data["tokens"][:4]]])["hidden"].shape == \
+            (4, 10, 32)
         # the same worker object starts a fresh process for the next graph
         ok = ort.run(tmp_path / "fp32.onnx", ["tokens"], [[w.eval_data["tokens"][:4]]])
     assert ok["hidden"].shape == (4, 10, 32)
-    # without l4opt's fix (LayerNorm kept in FP32) the baseline trial crashes ORT: a failed
-    # row naming the signal, and the next trial still runs
+    # without l4opt's fix (LayerNorm kept in FP32), and with ONNX Runtime's own kernels (the
+    # L4OPT_DRIFT_NUMERICS diagnostic; TensorRT numerics compute it in FP32 and do not crash),
+    # the baseline trial crashes ORT: a failed row naming the signal, the next trial still runs
     monkeypatch.setattr(export, "FP32_OPS", ())
+    monkeypatch.setenv("L4OPT_DRIFT_NUMERICS", "onnxruntime")
     res = l4opt.sweep(w, "baseline,int8", tmp_path / "run", progress=False)
     base, int8 = res.rows
     assert base["status"] == "failed" and "SIGSEGV" in base["error"], base.get("error")
