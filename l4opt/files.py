@@ -155,6 +155,9 @@ def os_error(exc: OSError, path, what: str) -> BadInput:
     """An OSError while writing `what` to `path`, as a BadInput that names both."""
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         why = "no space left on the device (free some space, or choose another run directory)"
+    elif exc.errno == errno.EFBIG:
+        why = ("the file is larger than this process may write (its file-size limit, "
+               "`ulimit -f`, or the filesystem's largest file)")
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         why = f"permission denied ({exc.strerror}); choose a writable run directory"
     else:

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import io
 import logging
+import os
 import re
 import shutil
+import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +19,7 @@ import numpy as np
 
 from l4opt import env
 from l4opt.errors import BadInput, StageFailed
+from l4opt.files import os_error
 from l4opt.spec.recipes import Recipe
 
 
@@ -242,7 +247,12 @@ def quantize_onnx(onnx_in: str, onnx_out: str, recipe: Recipe,
                   calib_data: dict[str, np.ndarray], *, shapes=None, log=None) -> dict:
     """ModelOpt ONNX PTQ with explicit calibration data (never ModelOpt's random fallback), at
     the deployment batch of `shapes`. ModelOpt's log (DEBUG) is appended to `log`; returns
-    {"calib_batch": int, "reasons": {node: ModelOpt's reason for leaving it out}}."""
+    {"calib_batch": int, "reasons": {node: ModelOpt's reason for leaving it out}}.
+
+    ModelOpt writes intermediate models beside its input and output (`*_reconciled.onnx`,
+    `*_opset19.onnx`, `*_named.onnx`, temporary files) and removes them only on success: it
+    works in a private directory beside `onnx_out`, removed whatever happens, and a write that
+    fails (disk full, permissions) is a StageFailed naming the file and the step."""
     import modelopt.onnx.quantization as moq
 
     if recipe.route != "onnx-ptq":
@@ -253,35 +263,103 @@ def quantize_onnx(onnx_in: str, onnx_out: str, recipe: Recipe,
                        "inputs without it")
     spec, batch = calibration_shapes(shapes, n)
     buf = io.StringIO()
-    work = tempfile.mkdtemp(prefix="l4opt-ptq-")
+    out = Path(onnx_out)
+    work = _work_dir(out.parent)
+    step = ("copying the FP32 graph for ModelOpt", "the copy of the FP32 graph")
     try:
         # ModelOpt rewrites the file it is given (shape inference, node names): give it a
         # copy, so the shared FP32 export keeps the content its hash and trial keys record
-        src = Path(work) / Path(onnx_in).name
+        src = work / Path(onnx_in).name
         shutil.copyfile(onnx_in, src)
         data = Path(str(onnx_in) + ".data")
         if data.exists():
-            shutil.copyfile(data, Path(work) / data.name)
-        with _quiet(buf):
+            shutil.copyfile(data, work / data.name)
+        step = (f"ModelOpt ONNX PTQ ({recipe.format}, {recipe.algorithm})",
+                "an intermediate model")
+        with _quiet(buf), _temp_files_in(work):
             moq.quantize(
                 str(src), quantize_mode=recipe.format, calibration_method=recipe.algorithm,
                 calibration_data=dict(calib_data), calibration_eps=["cpu"],
                 calibration_shapes=spec,
                 high_precision_dtype=recipe.high_precision_dtype,
                 nodes_to_exclude=list(recipe.nodes_to_exclude) or None,
-                output_path=onnx_out, log_level="DEBUG")
+                output_path=str(work / out.name), log_level="DEBUG")
+        step = ("moving ModelOpt's result beside its artifact", "the Q/DQ graph")
+        for name in (out.name, out.name + "_data"):  # its external weights, when it wrote them
+            if (work / name).exists():
+                os.replace(work / name, out.parent / name)
     except Exception as exc:
+        write = _write_error(exc, work, step)
+        if write is not None:
+            raise StageFailed("onnx-ptq", write, onnx_in) from exc
         raise StageFailed("onnx-ptq", f"ModelOpt ONNX quantization ({recipe.format}, "
                           f"{recipe.algorithm}) failed: {type(exc).__name__}: {exc}",
                           onnx_in) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if log is not None:
-            with open(log, "a") as f:
-                f.write(f"l4opt: ModelOpt ONNX PTQ {recipe.format}/{recipe.algorithm} with "
-                        f"calibration_shapes={spec!r} (the deployment batch {batch})\n")
-                f.write(buf.getvalue())
+            with contextlib.suppress(OSError):  # a full disk: the error above says so
+                with open(log, "a") as f:
+                    f.write(f"l4opt: ModelOpt ONNX PTQ {recipe.format}/{recipe.algorithm} with "
+                            f"calibration_shapes={spec!r} (the deployment batch {batch})\n")
+                    f.write(buf.getvalue())
     return {"calib_batch": batch, "reasons": exclusion_reasons(buf.getvalue(), recipe, batch)}
+
+
+_WORK_PREFIX = ".l4opt-ptq-"
+
+
+def _work_dir(parent: Path) -> Path:
+    """A fresh private directory in `parent` for ModelOpt's files; ones a killed process of
+    this host left there are removed first."""
+    host = socket.gethostname().replace("-", "_")
+    for old in parent.glob(f"{_WORK_PREFIX}{host}-*"):
+        pid = old.name[len(_WORK_PREFIX) + len(host) + 1:].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    try:
+        return Path(tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{host}-{os.getpid()}-",
+                                     dir=parent))
+    except OSError as exc:
+        raise StageFailed("onnx-ptq", str(os_error(exc, parent, "ModelOpt's work directory"))
+                          ) from exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
+
+
+# a failed write, by errno and by the text of an error that carries no errno (native code)
+_WRITE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG,
+                 errno.EACCES, errno.EPERM, errno.EROFS}
+_WRITE_TEXTS = {"No space left on device": errno.ENOSPC, "File too large": errno.EFBIG,
+                "Disk quota exceeded": getattr(errno, "EDQUOT", errno.ENOSPC),
+                "Permission denied": errno.EACCES, "Read-only file system": errno.EROFS}
+
+
+def _write_error(exc: BaseException, work: Path, step: tuple[str, str]) -> str | None:
+    """For an error that is a failed write (disk full, size limit, permissions): the step, the
+    file (the one the OSError names, else the newest in `work`: the one being written when it
+    failed) and why; None for any other error."""
+    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        oserr = exc
+    else:
+        code = next((c for t, c in _WRITE_TEXTS.items() if t in str(exc)), None)
+        if code is None:
+            return None
+        oserr = OSError(code, os.strerror(code))
+    # a two-path OSError (shutil.copyfile's) names the source first and the destination second
+    path = getattr(exc, "filename2", None) or getattr(exc, "filename", None)
+    if not path:
+        files = [p for p in work.rglob("*") if p.is_file()] if work.exists() else []
+        path = max(files, key=lambda p: p.stat().st_mtime_ns) if files else work
+    return f"{step[0]}: {os_error(oserr, path, step[1])} (its partial files were removed)"
 
 
 _REASONS = [
@@ -396,6 +474,24 @@ def _quiet(buf=None):
             lg.setLevel(lv)
 
 
+_TEMPDIR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _temp_files_in(work: Path):
+    """Python's temporary files (ModelOpt's mkstemp models, ONNX Runtime's calibration
+    directory) made in `work` while ModelOpt runs, so a failure leaves none in /tmp. The
+    setting is process-wide: another thread's default-directory temporary file made meanwhile
+    lands in `work` too (l4opt runs one quantization at a time per process)."""
+    with _TEMPDIR_LOCK:
+        before = tempfile.tempdir
+        tempfile.tempdir = str(work)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = before
+
+
 # ------------------------------------------------------------------ mixed INT8/FP8/FP16
 
 # In-process memo of ModelOpt ONNX PTQ results: the same FP32 graph, calibration data, format
@@ -466,14 +562,16 @@ def quantize_mixed_onnx(onnx_in, onnx_out, recipe: Recipe, calib_data, log=None,
         raise BadInput(f"recipe {recipe.name!r}: a per-layer format map needs the onnx-ptq path")
     onnx_out = Path(onnx_out)
     work = onnx_out.parent / (onnx_out.stem + ".calib")
-    graphs, infos = calibrate(onnx_in, work, recipe, calib_data, formats_needed(recipe),
-                              shapes=shapes, log=log)
-    base = graphs[recipe.format]
-    formats, notes = resolve_formats(base, dict(recipe.layer_formats or {}), recipe.format,
-                                     graphs)
-    model = build(graphs, recipe.format, formats)
-    onnx.save(model, str(onnx_out))
-    shutil.rmtree(work, ignore_errors=True)
+    try:  # the per-format graphs are removed whether or not the splice succeeds
+        graphs, infos = calibrate(onnx_in, work, recipe, calib_data, formats_needed(recipe),
+                                  shapes=shapes, log=log)
+        base = graphs[recipe.format]
+        formats, notes = resolve_formats(base, dict(recipe.layer_formats or {}),
+                                         recipe.format, graphs)
+        model = build(graphs, recipe.format, formats)
+        onnx.save(model, str(onnx_out))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     info = dict(infos.get(recipe.format) or {})
     info.update(layer_formats=formats, gemm_formats=formats_of(base, model), notes=notes,
                 formats_calibrated=list(graphs))

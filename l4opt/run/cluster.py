@@ -7,8 +7,10 @@ bytes; the driver checks every file's hash and is the only writer of results.sql
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import socket
 import tempfile
 import time
@@ -73,16 +75,15 @@ def connect(cluster) -> Connection:
     t = time.perf_counter()
     started = False
     if not ray.is_initialized():
-        try:
-            if address is None:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-                         logging_level="warning", log_to_driver=False)
-            else:
+        if address is None:
+            _start_local(ray)
+        else:
+            try:
                 ray.init(address=address, logging_level="warning", log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-            raise BadInput(f"could not reach a Ray cluster at {address!r} ({exc}); start one "
-                           f"with `ray start --head` on the head node, or run with --ray and "
-                           f"no address for a local Ray instance") from exc
+            except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+                raise BadInput(f"could not reach a Ray cluster at {address!r} ({exc}); start "
+                               f"one with `ray start --head` on the head node, or run with "
+                               f"--ray and no address for a local Ray instance") from exc
         started = True
     res = ray.cluster_resources()
     alive = [n for n in ray.nodes() if n.get("Alive")]
@@ -92,6 +93,37 @@ def connect(cluster) -> Connection:
         disconnect(conn)
         raise BadInput(f"the Ray cluster at {conn.address} has no CPUs to run trials on")
     return conn
+
+
+def _start_local(ray) -> None:
+    """ray.init of a Ray instance on this machine. Its start-up failure is a bare Exception
+    ("timed out during startup"; on a busy machine the raylet gives up on its dashboard agent
+    after 15 s, ray-project/ray#65983): a StageFailed with the raylet's own reason."""
+    try:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning",
+                 log_to_driver=False)
+    except Exception as exc:  # noqa: BLE001 - Ray raises Exception itself here
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        why = _raylet_failure() if "timed out" in str(exc).lower() else ""
+        raise StageFailed("ray start", f"the local Ray instance did not start "
+                          f"({type(exc).__name__}: {exc}"
+                          f"{'; its raylet: ' + why if why else ''}); on a busy machine start "
+                          f"Ray first with `ray start --head` and pass --ray auto (or "
+                          f"cluster='auto'), or retry") from exc
+
+
+def _raylet_failure() -> str:
+    """The raylet's fatal check of the latest local Ray session, if it logged one."""
+    tmp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    log = Path(tmp) / "ray" / "session_latest" / "logs" / "raylet.out"
+    try:
+        lines = log.read_text(errors="replace").splitlines()[-400:]
+    except OSError:
+        return ""
+    fatal = [ln.split("Check failed:", 1)[1] for ln in lines if "Check failed:" in ln]
+    # "statussetor3576.has_value() Timed out waiting for file ...": the condition is noise
+    return re.sub(r"^\S+\(\)\s*", "", fatal[-1].strip())[:300] if fatal else ""
 
 
 def _l4_gpus(nodes) -> float:
