@@ -116,3 +116,67 @@ def one_sample_step(n: int) -> float:
     """The largest change one of n samples can make to a metric that is a per-sample mean in
     [0, 1] (top-1 agreement, recall@k): 1 / n."""
     return 1.0 / n if n else float("nan")
+
+
+FP16_MAX = 65504.0  # the largest finite FP16 value
+
+
+def out_of_range_tensors(path, feed: list, input_names: list[str], ort, workdir,
+                         limit: float = FP16_MAX) -> list[dict]:
+    """Which tensors of a float graph hold ±inf, NaN or values beyond `limit` (FP16's range) on
+    one batch (`feed`, in input order): each such node output with its producer, its largest
+    |value|, the nodes reading it and whether it is `first` (no computed tensor it reads has
+    such values), in graph order. An attention mask filled with float32's lowest value does
+    this: in the FP16 graph it is -inf, which no 8-bit scale represents, so ModelOpt calibrates
+    an infinite amax (or its histogram fails). Runs the graph with every node output exposed
+    in `ort` (an OrtWorker)."""
+    from pathlib import Path
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    nodes = list(g.node)  # the graph's own, before the probe's Reshapes
+    have = {o.name for o in g.output}
+    floats = _float_tensors(model)  # integer tensors (shapes, INT64_MAX slice ends) are no data
+    names = [t for n in nodes for t in n.output if t in floats and t not in have]
+    flat = {t: f"{t}__l4opt_flat" for t in names}  # rank 1, whatever the rank (scalars too)
+    g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "l4opt_flat_shape"))
+    g.node.extend(helper.make_node("Reshape", [t, "l4opt_flat_shape"], [f],
+                                   name=f"{t}__l4opt_flat_node") for t, f in flat.items())
+    g.output.extend([onnx.ValueInfoProto(name=f) for f in flat.values()])
+    probe = Path(workdir) / "range-probe.onnx"
+    try:  # saved inside: a full disk leaves no partial probe behind
+        onnx.save(model, str(probe))
+        got = ort.run(probe, input_names, [feed], False, numerics="onnxruntime")
+    finally:
+        probe.unlink(missing_ok=True)
+    peak = {}
+    for t, f in flat.items():
+        a = np.asarray(got.get(f, ()), np.float64)
+        if a.size and not (np.isfinite(a).all() and np.abs(a).max() <= limit):
+            peak[t] = float(np.nanmax(np.abs(a))) if not np.isnan(a).all() else float("nan")
+    readers: dict[str, list[str]] = {}
+    for n in nodes:
+        for t in n.input:
+            readers.setdefault(t, []).append(n.name)
+    return [{"tensor": t, "producer": f"{n.op_type} {n.name}", "max_abs": peak[t],
+             "readers": readers.get(t, []), "first": not any(i in peak for i in n.input)}
+            for n in nodes for t in n.output if t in peak]
+
+
+FLOAT_TYPES = (1, 10, 11, 16)  # ONNX FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def _float_tensors(model) -> set[str]:
+    """Names of the tensors ONNX shape inference types as floating point (none when it fails)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - no types: nothing is probed
+        return set()
+    g = inferred.graph
+    return {v.name for v in list(g.value_info) + list(g.output) + list(g.input)
+            if v.type.tensor_type.elem_type in FLOAT_TYPES}

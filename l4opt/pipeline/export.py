@@ -91,13 +91,36 @@ def _export_with(model, workload, args, path: Path, exporter: str, opset: int) -
                 output_names=workload.output_names, dynamic_axes=workload.dynamic_axes(),
                 opset_version=max(opset, DYNAMO_MIN_OPSET) if dynamo else opset,
                 do_constant_folding=True, dynamo=dynamo)
-        os.replace(tmp, path)
+        _move_export(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     finally:
+        for data in tmp.parent.glob(tmp.name + "*.data"):
+            data.unlink(missing_ok=True)
         if mha:
             mha.set_fastpath_enabled(fast)
+
+
+# a graph this large keeps its weights in PATH.data (protobuf's 2 GB limit, less margin)
+PROTO_LIMIT = 2 ** 31 - 2 ** 26
+
+
+def _move_export(tmp: Path, path: Path) -> None:
+    """The exported graph at `path` with its weights inside it (or, past protobuf's 2 GB, in
+    PATH.data, where l4opt's ONNX-PTQ stage looks): torch's dynamo exporter writes them to
+    TMP.data, which a rename of TMP would leave pointing at a file that is then deleted."""
+    import onnx
+
+    if not list(tmp.parent.glob(tmp.name + "*.data")):
+        os.replace(tmp, path)
+        return
+    model = onnx.load(str(tmp))  # reads the external weights in
+    out = path.with_name(path.name + f".whole{os.getpid()}")
+    large = model.ByteSize() > PROTO_LIMIT
+    onnx.save(model, str(out), save_as_external_data=large, location=path.name + ".data")
+    os.replace(out, path)
+    tmp.unlink(missing_ok=True)
 
 
 def _explain_export_error(exc: Exception, model, args) -> str:
@@ -164,8 +187,24 @@ def to_fp16(src: str | Path, dst: str | Path) -> OnnxArtifact:
         warnings.simplefilter("ignore")
         model16 = convert_to_f16(onnx.load(str(src)), low_precision_type="fp16",
                                  keep_io_types=True, op_block_list=list(FP32_OPS))
+    unshare_unknown_dims(model16)
     dst = Path(dst)
     tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
     onnx.save(model16, str(tmp))
     os.replace(tmp, dst)
     return describe(dst)
+
+
+def unshare_unknown_dims(model) -> int:
+    """Clear the dim_param "unk" AutoCast's shape inference writes for every axis it cannot
+    name (ModelOpt 0.47): one symbol for axes of different sizes tells ONNX Runtime they are
+    equal, and its memory planner then reuses a buffer of the wrong size (seen on a dynamo-
+    exported GPT-2: "Shape mismatch attempting to re-use buffer"). Returns how many it cleared."""
+    n = 0
+    g = model.graph
+    for vi in list(g.value_info) + list(g.output):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param == "unk":
+                d.ClearField("dim_param")
+                n += 1
+    return n

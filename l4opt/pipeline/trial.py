@@ -30,8 +30,8 @@ from l4opt.spec import row as rowspec
 from l4opt.spec.recipes import BUILTIN, Recipe
 from l4opt.spec.workloads import Workload
 
-COLLAPSE_COS = 0.9        # cos_mean below this: the outputs no longer point the same way
-COLLAPSE_DROP_REL = 0.10  # task metric worse by more than 10% of its reference value
+COLLAPSE_COS = rowspec.COLLAPSE_COS            # the thresholds live with the row rules
+COLLAPSE_DROP_REL = rowspec.COLLAPSE_DROP_REL
 FEW_SAMPLES = 5           # a verdict resting on fewer samples than this says so
 
 
@@ -52,6 +52,7 @@ def new_row(ctx: Context, recipe: Recipe, key: str) -> dict:
         "shapes": ctx.shapes.to_dict(), "deploy_batch": ctx.shapes.batch,
         "versions": env.versions(), "machine": env.machine(), "created_at": now(),
         "notes": [], "artifacts": {}, "timings_s": {}, "collapsed": False, "collapse_note": "",
+        "collapse_reasons": [],
     }
 
 
@@ -83,6 +84,8 @@ def run(ctx: Context, recipe: Recipe, key: str, *, latency: bool = True,
                 _status(row, recipe)
                 _task_metric(ctx, row, out, ref, ref_metric)
                 _collapse(ctx, row, recipe)
+                if recipe.quantized and row.get("onnx_path"):
+                    _route_gap(ctx, row)
                 if latency and row["status"] != "failed":
                     with stages.timed(row, "latency", ctx):
                         add_latency(ctx, row, measure)
@@ -97,6 +100,8 @@ def run(ctx: Context, recipe: Recipe, key: str, *, latency: bool = True,
                     traceback=traceback.format_exc(limit=8))
             finally:
                 ctx.tty = None
+            if recipe.quantized and rowspec.status(row) in ("failed", "collapsed"):
+                _explain_out_of_range(ctx, row, recipe, ort, d)
     finally:
         ort.close()
     row["total_s"] = round(time.perf_counter() - t0, 3)
@@ -142,13 +147,7 @@ def _collapse(ctx: Context, row: dict, recipe: Recipe) -> None:
     """Mark drift far past COLLAPSE_COS / COLLAPSE_DROP_REL, with the likely cause."""
     if row["status"] != "ok":
         return
-    cos, rel = row.get("cos_mean"), row.get("metric_drop_rel")
-    why = []
-    if cos is not None and (not math.isfinite(cos) or cos < COLLAPSE_COS):
-        why.append(f"cos_mean {cos:.3f} < {COLLAPSE_COS}")
-    if rel is not None and math.isfinite(rel) and rel > COLLAPSE_DROP_REL:
-        why.append(f"{row['metric_name']} dropped {rel:.0%} of its reference (> "
-                   f"{COLLAPSE_DROP_REL:.0%})")
+    why = rowspec.collapse_reasons(row)
     if not why:
         return
     degenerate = degenerate_reference(ctx.reference()[0])
@@ -165,9 +164,170 @@ def _collapse(ctx: Context, row: dict, recipe: Recipe) -> None:
         few = (f" The task-metric verdict rests on about {flips} of {row['metric_samples']} "
                f"evaluation samples (one sample moves {row['metric_name']} by "
                f"{step:.3g}): give more evaluation samples before trusting it.")
-    row.update(status="collapsed", collapsed=True, collapse_note=(
+    row.update(status="collapsed", collapsed=True, collapse_reasons=why, collapse_note=(
         f"collapsed: {' and '.join(why)}. Likely cause: {cause}.{few} Find the layers to keep "
         f"in higher precision with {_search_hint(ctx, recipe)}"))
+
+
+def _route_gap(ctx: Context, row: dict) -> None:
+    """Record what the trial's Q/DQ graph quantizes (`qdq_facts`) and, when the run already
+    holds the same format through ModelOpt's other route (ONNX PTQ vs torch PTQ) for this
+    workload, graph and shapes, a note from both rows' facts on why their drift differs."""
+    try:
+        row["qdq_facts"] = qdq_facts(ctx.store.run_dir / row["onnx_path"])
+        others = [r for r in ctx.store.rows(row["workload"])
+                  if r.get("kind") == "trial" and r.get("key") != row["key"]
+                  and not r.get("strategy") and r.get("route") != row.get("route")]
+    except Exception as exc:  # noqa: BLE001 - facts for a note: the trial stands without them
+        row["notes"].append(f"could not read what the Q/DQ graph quantizes: "
+                            f"{type(exc).__name__}: {exc}")
+        return
+    for other in reversed(others):  # the latest first
+        note = rowspec.route_gap_note(row, other)
+        if note:
+            row["notes"].append(note)
+            row["route_gap"] = {"other": other["recipe"], "other_key": other["key"]}
+            return
+
+
+_RANGES: dict = {}  # (FP32 graph, data, batch) -> its out-of-range tensors, in this process
+
+
+def _explain_out_of_range(ctx: Context, row: dict, recipe: Recipe, ort, workdir) -> None:
+    """A failed or collapsed quantized row whose FP32 graph holds values beyond FP16's range on
+    the calibration data (e.g. an attention mask filled with float32's lowest value) says
+    where, and which nodes to keep in high precision: in the FP16 graph ModelOpt quantizes,
+    such a tensor is ±inf, calibrated to an infinite amax (FP8: every value of it lost) or
+    failing ModelOpt's histogram (INT8 entropy: "Too many bins")."""
+    collapsed = rowspec.status(row) == "collapsed"
+    calibration = "ModelOpt ONNX quantization" in str(row.get("error"))  # ModelOpt failed
+    if ctx.export_error is not None or not (collapsed or calibration):
+        return
+    from l4opt.pipeline.drift import FP16_MAX, out_of_range_tensors
+
+    w = ctx.workload
+    memo = (ctx.graph_sha, ctx.fingerprint, ctx.shapes.batch)  # one probe per FP32 graph
+    try:
+        if memo not in _RANGES:
+            feed = next(iter(w.batches(w.calib_data, ctx.shapes.batch)))
+            _RANGES[memo] = out_of_range_tensors(ctx.base_onnx(), feed, w.input_names, ort,
+                                                 workdir)
+            while len(_RANGES) > 8:
+                _RANGES.pop(next(iter(_RANGES)))
+        found = _RANGES[memo]
+    except Exception as exc:  # noqa: BLE001 - a diagnosis only: the row stands as it is
+        row["notes"].append(f"could not check the FP32 graph's value ranges: "
+                            f"{type(exc).__name__}: {exc}")
+        return
+    n_found = len(found)
+    if collapsed:  # only tensors the trial's graph quantizes
+        q = quantized_tensors(ctx.store.run_dir / row["onnx_path"]) if row.get("onnx_path") \
+            else set()
+        found = [f for f in found if f["tensor"] in q]
+    else:  # calibration itself failed: where the out-of-range values start
+        found = [f for f in found if f["first"]]
+    if not found:
+        return
+    readers = sorted({r for f in found for r in f["readers"]})
+    where = "; ".join(f"{f['tensor']} (from {f['producer']}, |x| up to {f['max_abs']:.3g}, read "
+                      f"by {', '.join(f['readers']) or 'nothing'})" for f in found[:4])
+    label = "quantized" if collapsed else "first"
+    note = (f"the FP32 graph holds values beyond FP16's range (|x| > {FP16_MAX:g}, or inf/NaN) "
+            f"on the calibration data ({n_found} tensor(s); {label}: {where}): one 8-bit scale "
+            f"cannot cover them and the typical values (in an FP16 graph they are ±inf), so a "
+            f"quantized reader's amax is infinite or huge and the tensor is lost, or ModelOpt's "
+            f"histogram fails (INT8 entropy). Keep those readers in high precision with the "
+            f"recipe's nodes_to_exclude {readers}; an attention mask filled with the lowest "
+            f"float does this"
+            + ("" if any("mask" in n for n in w.input_names) else
+               " (a Hugging Face model given an attention_mask input exports another graph)"))
+    row["notes"].append(note)
+    row["out_of_range"] = [{k: f[k] for k in ("tensor", "producer", "max_abs", "readers")}
+                           for f in found]
+    row["out_of_range_readers"] = readers
+    if rowspec.status(row) == "failed":
+        row["error"] = f"{str(row.get('error')).rstrip('.')}. Likely cause: {note}"
+    else:
+        row["collapse_note"] = f"{row.get('collapse_note', '')} Also: {note}"
+
+
+def qdq_facts(path) -> dict:
+    """What a Q/DQ graph quantizes, counted the same way for every route, so two rows of one
+    format can be compared: activation and weight quantizers, weight scales per channel or per
+    tensor, the op types reading quantized activations, the GEMM/conv nodes quantized."""
+    import onnx
+
+    from l4opt.onnx.graph import is_dq, is_q, quantized_gemm_nodes
+    from l4opt.onnx.qdq import SHAPE_ONLY
+
+    m = onnx.load(str(path), load_external_data=False)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+
+    def from_weight(t, hops=0):  # an initializer, through casts/transposes/constants
+        p = producer.get(t)
+        if t in inits or (p is not None and p.op_type == "Constant"):
+            return True
+        return p is not None and p.op_type in ("Cast", "Transpose", "Reshape") and hops < 3 \
+            and from_weight(p.input[0], hops + 1)
+
+    acts, weights, scales, readers = 0, 0, set(), {}
+    for n in g.node:
+        if not is_q(n) or not n.input:
+            continue
+        if from_weight(n.input[0]):
+            weights += 1
+            sc = _constant(n.input[1], inits, producer) if len(n.input) > 1 else None
+            if sc is not None:
+                scales.add("per-channel" if sc.size > 1 else "per-tensor")
+            continue
+        acts += 1
+        for dq in consumers.get(n.output[0], []):
+            if is_dq(dq):
+                for c in consumers.get(dq.output[0], []):
+                    if c.op_type not in SHAPE_ONLY:  # reads the shape, not the values
+                        readers[c.op_type] = readers.get(c.op_type, 0) + 1
+    return {"activation_quantizers": acts, "weight_quantizers": weights,
+            "weight_scales": "/".join(sorted(scales)) or "none",
+            "activation_readers": dict(sorted(readers.items())),
+            "quantized_gemms": quantized_gemm_nodes(path)}
+
+
+def _constant(name, inits, producer):
+    """The value of an initializer or of a Constant node's output, else None."""
+    from onnx import numpy_helper
+
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    p = producer.get(name)
+    if p is not None and p.op_type == "Constant":
+        for a in p.attribute:
+            if a.name == "value":
+                return numpy_helper.to_array(a.t)
+    return None
+
+
+def quantized_tensors(path) -> set[str]:
+    """Tensors a QuantizeLinear of the graph at `path` reads, directly or through a Cast (the
+    FP16 cast ModelOpt puts before a quantizer)."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in g.node for o in n.output}
+    out = set()
+    for n in g.node:
+        if n.op_type == "QuantizeLinear" and n.input:
+            t = n.input[0]
+            out.add(t)
+            p = producer.get(t)
+            if p is not None and p.op_type == "Cast":
+                out.add(p.input[0])
+    return out
 
 
 def _search_hint(ctx: Context, recipe: Recipe) -> str:

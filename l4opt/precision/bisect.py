@@ -97,7 +97,7 @@ class _Recorder:
             gemm_layers=total, fallback=[x for x, f in formats.items() if f == "fp16"],
             metric_name=st.w.metric.name, layer_formats=lf, moves=k, screened=not full)
         if "error" in m:
-            row.update(status="failed", met=False)
+            row.update(status="failed", met=False, collapsed=False, collapse_reasons=[])
         try:
             p = price(st, st.model(formats))
             layers = p.pop("_layers")
@@ -201,8 +201,8 @@ def search_onnx(w: Workload, r: Recipe, budget: Budget, run_dir, eval_samples, p
             rec = _Recorder(st, store, budget, r)
             t = time.perf_counter()
             strategies = {"bisect": _bisect(rec, moves, progress)}
-            all_q = max((x for x in rec.rows if x["moves"] == 0),  # confirmed if met, else
-                        key=lambda x: x["eval_samples"])  # screened
+            # the calibrated graph itself on the whole evaluation set: the sweep's row
+            all_q = rec({}, "bisect/0-moves", full=True, k=0)
             st.timings["bisect"] = time.perf_counter() - t
     finally:
         if st is not None:
@@ -254,7 +254,9 @@ def search_onnx(w: Workload, r: Recipe, budget: Budget, run_dir, eval_samples, p
                        st.evaluations + st.screenings, time.perf_counter() - t0, bool(chosen["met"]),
                        str(log))
     res.strategies["all_quantized"] = {k: all_q.get(k) for k in (
-        "metric", "metric_drop", "cos_mean", "sqnr_db", "latency_ms", "eval_samples")}
+        "name", "status", "metric", "metric_drop", "cos_mean", "cos_min", "sqnr_db",
+        "latency_ms", "latency_low_ms", "latency_high_ms", "eval_samples", "quantized_layers",
+        "gemm_layers")}
     res.strategies["timings_s"] = {k: round(v, 2) for k, v in st.timings.items()}
     compare_with_run(res, run_dir)
     save_search(run_dir, res)

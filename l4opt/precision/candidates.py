@@ -26,14 +26,26 @@ def candidate_row(*, key: str, workload: str, name: str, strategy: str, recipe: 
         "fp16_layers": counts.get("fp16", 0), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **{k: v for k, v in metrics.items() if k != "tensor_metrics_by_output"}, **extra,
     }
-    row["met"] = budget.met(metrics)
+    mark_collapse(row)
+    # a collapsed candidate is never met, as a collapsed confirming sweep is not (result.verdict)
+    row["met"] = budget.met(metrics) and row["status"] == "ok"
     return row
+
+
+def mark_collapse(row: dict) -> None:
+    """The sweep's collapse verdict (l4opt.spec.row.collapse_reasons) on a candidate, so the
+    all-quantized candidate and the sweep row of the same graph carry the same status."""
+    why = rowspec.collapse_reasons(row) if row.get("status") == "ok" else []
+    row.update(collapsed=bool(why), collapse_reasons=why)
+    if why:
+        row["status"] = "collapsed"
 
 
 def failed_candidate(row: dict, exc: Exception) -> dict:
     """A candidate whose evaluation failed (e.g. ONNX Runtime crashed on its graph): kept as
     a failed row, never met."""
-    row.update(status="failed", met=False, error=f"{type(exc).__name__}: {exc}")
+    row.update(status="failed", met=False, collapsed=False, collapse_reasons=[],
+               error=f"{type(exc).__name__}: {exc}")
     return row
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from l4opt.errors import BadInput
-from l4opt.pipeline.drift import task_delta, tensor_metrics
+from l4opt.pipeline.drift import one_sample_step, task_delta, tensor_metrics
 from l4opt.spec.loader import load_workload
 from l4opt.spec.names import safe_filename
 from l4opt.spec.recipes import Recipe, get
@@ -25,7 +25,10 @@ def subset(d: dict, k: int) -> dict:
 def measure(w: Workload, out: dict, ref: dict, labels, ref_metric: float) -> dict:
     metric = w.metric(one_output(out), one_output(ref), labels)
     m = tensor_metrics(one_output(out), one_output(ref))
-    m.update(metric=metric, metric_ref=ref_metric,
+    n = len(next(iter(out.values()))) if out else 0
+    # the sample count and one sample's weight, as a trial row carries them
+    m.update(metric=metric, metric_ref=ref_metric, metric_samples=n,
+             metric_one_sample=one_sample_step(n),
              **task_delta(metric, ref_metric, w.metric.higher_is_better))
     return m
 

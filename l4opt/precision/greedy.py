@@ -61,20 +61,31 @@ class _Evaluator:
         return row
 
     def _latency(self, enabled, key) -> dict:
+        """The candidate's estimated L4 latency and its GEMM/conv counts, both from its ONNX
+        export at the opset the sweep's torch-PTQ stage uses, counted as that stage counts
+        them (so the all-quantized candidate states the sweep row's layer counts)."""
         from l4opt.latency.estimate import estimate_onnx
-        from l4opt.pipeline.export import export_torch
+        from l4opt.onnx.graph import gemm_nodes, quantized_gemm_nodes
+        from l4opt.pipeline.export import FP8_OPSET, OPSET, export_torch
 
         self.cal.configure(enabled)
         path = self.store.artifact_dir(key) / "model.onnx"
+        fmt = self.cal.recipe.format
         try:
-            export_torch(self.cal.model, self.cal.w, path, batch=self.shapes.batch)
+            export_torch(self.cal.model, self.cal.w, path, batch=self.shapes.batch,
+                         opset=FP8_OPSET if fmt == "fp8" else OPSET)
+            gemms, q = len(gemm_nodes(path)), len(quantized_gemm_nodes(path))
             e = estimate_onnx(str(path), "L4", batch=self.shapes.batch,
                               dynamic_dims=self.shapes.axes)
         except Exception as exc:  # price unknown: keep the candidate, say why
             return {"latency_note": f"no estimate: {type(exc).__name__}: {exc}"}
         finally:
             path.unlink(missing_ok=True)
-        return latency(e, self.shapes)
+        counts = {"gemm_layers": gemms, "quantized_layers": q, "int8_layers": 0,
+                  "fp8_layers": 0, "fp16_layers": gemms - q,
+                  "fraction_quantized": q / max(1, gemms)}
+        counts[f"{fmt}_layers"] = q
+        return dict(latency(e, self.shapes), **counts)
 
 
 def _greedy(ev: _Evaluator, ranking: list[str], progress: bool) -> dict:

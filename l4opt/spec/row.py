@@ -37,6 +37,24 @@ COLUMNS = [
 ]
 
 
+COLLAPSE_COS = 0.9        # cos_mean below this: the outputs no longer point the same way
+COLLAPSE_DROP_REL = 0.10  # task metric worse by more than 10% of its reference value
+
+
+def collapse_reasons(row) -> list[str]:
+    """Why drift `row` (a trial row or a search candidate) is far past sense, one reason per
+    tripped threshold (COLLAPSE_COS, COLLAPSE_DROP_REL); empty when it is not collapsed. The
+    one rule: a sweep row and the search candidate of the same graph get the same verdict."""
+    cos, rel = row.get("cos_mean"), row.get("metric_drop_rel")
+    why = []
+    if cos is not None and (not math.isfinite(cos) or cos < COLLAPSE_COS):
+        why.append(f"cos_mean {cos:.3f} < {COLLAPSE_COS}")
+    if rel is not None and math.isfinite(rel) and rel > COLLAPSE_DROP_REL:
+        why.append(f"{row.get('metric_name') or 'task metric'} dropped {rel:.0%} of its "
+                   f"reference (> {COLLAPSE_DROP_REL:.0%})")
+    return why
+
+
 def status(row) -> str:
     """What happened, in one word (one of STATUSES). Rows stored before 'collapsed' became a
     status of its own say status 'ok' with collapsed true: read as 'collapsed'."""
@@ -182,3 +200,63 @@ def fp8_int8_notes(rows: list[dict]) -> list[dict]:
                                            if not str(n).startswith("FP8 and INT8 run")]
             changed.append(r)
     return changed
+
+
+def route_gap_note(row: dict, other: dict) -> str | None:
+    """A note, from the two rows' facts, on why one format measured through ModelOpt's two
+    routes (ONNX PTQ and torch PTQ) drifts differently in the same run: calibration, which
+    GEMM/conv layers and which other ops' inputs each quantizes, weight scales, and whether
+    the same numerics measured both. None unless the rows are that pair (same workload,
+    graph and shapes, both finished, both with `qdq_facts`)."""
+    if not (row.get("format") == other.get("format") and row.get("format") in ("int8", "fp8")
+            and {row.get("route"), other.get("route")} == {"onnx-ptq", "torch-ptq"}
+            and all(finished(r) and r.get("qdq_facts")
+                    and not (r.get("recipe_config") or {}).get("layer_formats")  # one format
+                    for r in (row, other))
+            and all(row.get(k) == other.get(k) for k in ("workload_fingerprint", "graph_sha256",
+                                                           "shapes"))):
+        return None
+    a, b = sorted((row, other), key=lambda r: r["route"])  # onnx-ptq first
+    fa, fb = a["qdq_facts"], b["qdq_facts"]
+
+    def num(v):
+        try:
+            return f"{float(v):.4g}"
+        except (TypeError, ValueError):
+            return "n/a"
+
+    def who(r):
+        return (f"{r['recipe']} ({r['route']}, {r.get('algorithm')} calibration): cosine "
+                f"{num(r.get('cos_mean'))}, {r.get('metric_name') or 'metric'} "
+                f"{num(r.get('metric'))}")
+
+    def readers(f):
+        return ", ".join(f"{k} {v}" for k, v in f["activation_readers"].items()) or "none"
+
+    ga, gb = set(fa["quantized_gemms"]), set(fb["quantized_gemms"])
+    only = [f"only {r['recipe']} quantizes {len(s)} ({', '.join(sorted(s)[:3])}"
+            f"{', ...' if len(s) > 3 else ''})" for r, s in ((a, ga - gb), (b, gb - ga)) if s]
+    same_numerics = a.get("drift_backend") == b.get("drift_backend")
+    diffs = []
+    if a.get("algorithm") != b.get("algorithm"):
+        diffs.append(f"calibration {a.get('algorithm')} vs {b.get('algorithm')}")
+    diffs.append(f"GEMM/conv layers quantized {len(ga)} vs {len(gb)} of "
+                 f"{a.get('gemm_layers')}" + (f" ({'; '.join(only)})" if only else ""))
+    diffs.append(f"activation quantizers {fa['activation_quantizers']} vs "
+                 f"{fb['activation_quantizers']}, their dequantized values read by "
+                 f"[{readers(fa)}] vs [{readers(fb)}]")
+    gemm_ops = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+    for r, f, g in ((a, fa, fb), (b, fb, fa)):
+        ops = [f"{k} ({v})" for k, v in f["activation_readers"].items()
+               if k not in g["activation_readers"] and k not in gemm_ops]
+        if ops:
+            diffs.append(f"only {r['recipe']} quantizes the inputs of {', '.join(ops)}")
+    diffs.append(f"weight scales {fa['weight_scales']} vs {fb['weight_scales']}")
+    return (f"{a['format'].upper()} by ModelOpt's two routes in this run: {who(a)}; {who(b)}. "
+            + ("Both measured with the same numerics (" + str(a.get("drift_backend")) + "), so "
+               "the gap comes from the artifacts, what each quantizes and how it calibrates: "
+               if same_numerics else
+               f"Measured with different numerics ({a.get('drift_backend')} vs "
+               f"{b.get('drift_backend')}), part of the gap is the measurement; they also "
+               f"differ in: ")
+            + "; ".join(diffs))
