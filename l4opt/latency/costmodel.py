@@ -4,8 +4,11 @@ Two halves. `kernels()` (its pieces in the modules imported below) turns a graph
 kernels a TensorRT engine would launch (its fusions and precision rules, below, each with its
 source) and gives each kernel its work: FLOPs, the share of the tensor cores its shape can
 use, bytes from DRAM and from L2. Nothing in that half is fitted. `kernel_ms()` prices a
-kernel with four constants (`Constants`) fitted on published L4 measurements
-(l4opt/data/l4_truth.csv, `fit()` / `loo()` here).
+kernel with constants (`Constants`: a tensor-core efficiency per precision, FP16, INT8 and
+FP8, a bandwidth efficiency and a per-kernel cost) fitted on published L4 measurements
+(l4opt/data/l4_truth.csv, `fit()` / `loo()` here). No verified FP8 row on an L4 exists in the
+table, so the shipped fit leaves FP8 tied to INT8 and says which evidence bounds it
+(FP8_EVIDENCE).
 
 TensorRT behaviour modelled, and where it comes from:
 - Conv + BatchNorm + activation (+ residual add) and GEMM + bias + activation (GELU's Erf
@@ -41,7 +44,7 @@ TensorRT behaviour modelled, and where it comes from:
   L2 speed (so small models keep their weights in L2 between runs, large batches spill).
 - Sustained clocks under the 72 W cap: the datasheet peaks are at the 2040 MHz boost clock;
   what a tensor-core kernel sustains under the cap cannot be observed separately from its
-  efficiency here, so the fitted `tc_eff`/`tc8_eff` carry it (and say so).
+  efficiency here, so the fitted `tc_eff`/`tc8_eff`/`tcf8_eff` carry it (and say so).
 Assumptions that are not from a document are named ASSUMPTION where they are set.
 """
 from __future__ import annotations
@@ -79,31 +82,61 @@ COSTMODEL_VERSION = 3
 
 @dataclass(frozen=True)
 class Constants:
-    """The fitted part of the model (see l4opt/data/l4_fit.json for the values in use)."""
+    """The fitted part of the model (see l4opt/data/l4_fit.json for the values in use).
+
+    One tensor-core efficiency per precision: FP16 (`tc_eff`), INT8 (`tc8_eff`) and FP8
+    (`tcf8_eff`). `tcf8_eff` is None when no measured row had FP8 tensor-core work to fit it
+    on (the shipped L4 fit: no verified FP8 row on an L4): FP8 kernels then take the INT8
+    efficiency (`fp8_eff`), the L4 datasheet giving both the same dense peak (242 TFLOPS/TOPS),
+    and estimate.py widens their band by the sm_89 evidence (FP8_EVIDENCE)."""
 
     tc_eff: float = 0.55     # FP16/FP32 tensor-core efficiency at ideal shape, incl. sustained clock
-    tc8_eff: float = 0.45    # INT8/FP8 tensor-core efficiency at ideal shape, incl. sustained clock
+    tc8_eff: float = 0.45    # INT8 tensor-core efficiency at ideal shape, incl. sustained clock
     mem_eff: float = 0.70    # share of DRAM bandwidth a streaming kernel reaches
     kernel_us: float = 4.0   # fixed cost per kernel (launch gap in a CUDA graph, ramp, tail)
     schema_version: int = 1
+    tcf8_eff: float | None = None  # FP8 tensor-core efficiency; None: tied to tc8_eff (not fitted)
 
-    NAMES = ("tc_eff", "tc8_eff", "mem_eff", "kernel_us")
+    NAMES = ("tc_eff", "tc8_eff", "mem_eff", "kernel_us")  # always fitted (the vector)
     BOUNDS = ((0.05, 1.0), (0.05, 1.0), (0.2, 1.0), (0.3, 30.0))
+    FP8_BOUNDS = (0.05, 1.0)
+
+    @property
+    def fp8_eff(self) -> float:
+        """The efficiency FP8 tensor-core kernels are priced with (tied to INT8 when unfitted)."""
+        return self.tc8_eff if self.tcf8_eff is None else self.tcf8_eff
 
     def vector(self) -> np.ndarray:
         return np.array([getattr(self, n) for n in self.NAMES], float)
 
     @classmethod
-    def from_vector(cls, v) -> "Constants":
-        return cls(**{n: float(x) for n, x in zip(cls.NAMES, v)})
+    def from_vector(cls, v, tcf8_eff: float | None = None) -> "Constants":
+        return cls(**{n: float(x) for n, x in zip(cls.NAMES, v)}, tcf8_eff=tcf8_eff)
 
     def to_dict(self) -> dict:
-        return {n: getattr(self, n) for n in self.NAMES}
+        return {**{n: getattr(self, n) for n in self.NAMES}, "tcf8_eff": self.tcf8_eff}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Constants":
-        return cls(**{n: float(d.get(n, getattr(cls(), n))) for n in cls.NAMES})
+        f8 = d.get("tcf8_eff")
+        return cls(**{n: float(d.get(n, getattr(cls(), n))) for n in cls.NAMES},
+                   tcf8_eff=None if f8 is None else float(f8))
 
+
+# What bounds FP8 on Ada where no L4 row fits it (estimate.py widens FP8 bands by these and
+# cites them; benchmarks/bench_estimate.py turns the pairs into the band it writes).
+FP8_EVIDENCE = {
+    "gemm": ("FP8 tensor-core efficiency NOT fitted on any L4 row (no verified FP8 row on an L4 "
+             "in l4opt/data/l4_truth.csv): tied to INT8's, the L4 datasheet giving both the same "
+             "dense peak (242 TFLOPS/TOPS); bounded by the FP8/INT8 SDXL pairs on three sm_89 "
+             "cards (RTX 6000 Ada, RTX 4090, L40S; TensorRT 9.3; l4opt/data/l4_pairs.csv from "
+             "github:NVIDIA/TensorRT-Model-Optimizer examples/benchmark.md), FP8/INT8 speed-up "
+             "0.95-1.08x"),
+    "conv": ("FP8 convs on Ada may run no faster than FP16: NVIDIA/TensorRT issue #4081 "
+             "(https://github.com/NVIDIA/TensorRT/issues/4081; RTX 4090, TensorRT 10.3, ModelOpt "
+             "0.15.1: FP8 conv kernels nearly as long as FP16 ones under nsys); not measured on "
+             "an L4"),
+}
 
 # Not fitted (no truth row constrains them); ASSUMPTION where marked.
 CUDA_CORE_EFF = 0.35            # depthwise/grouped convs on CUDA cores (ASSUMPTION)
@@ -178,17 +211,26 @@ def memory_seconds(k: Kernel, gpu: GPUSpec) -> float:
     return k.dram_bytes / bw + k.l2_bytes / (bw * L2_BW_MULT)
 
 
-def klass(k: Kernel) -> int:
-    """0: FP16/FP32 tensor-core kernel, 1: INT8/FP8 tensor-core kernel, 2: other."""
+KLASS_FP16, KLASS_INT8, KLASS_OTHER, KLASS_FP8 = 0, 1, 2, 3
+TC_KLASSES = (KLASS_FP16, KLASS_INT8, KLASS_FP8)
+
+
+def klass(k: Kernel, gpu: GPUSpec | None = None) -> int:
+    """0: FP16/FP32 tensor-core kernel, 1: INT8, 3: FP8 (FP16 on a GPU without FP8 tensor
+    cores, where it runs at FP16), 2: other (memory-bound, CUDA cores)."""
     if k.kind in TC_KINDS and k.flops:
-        return 1 if k.precision in ("int8", "fp8") else 0
-    return 2
+        if k.precision == "int8":
+            return KLASS_INT8
+        if k.precision == "fp8":
+            return KLASS_FP8 if gpu is None or gpu.fp8 else KLASS_FP16
+        return KLASS_FP16
+    return KLASS_OTHER
 
 
 def features(ks: list, gpu) -> dict:
     """Per-kernel numbers the fitted constants act on (what the fit and LOO store)."""
     g = get_gpu(gpu)
-    return {"klass": [klass(k) for k in ks],
+    return {"klass": [klass(k, g) for k in ks],
             "compute_s": [compute_seconds(k, g) for k in ks],
             "memory_s": [memory_seconds(k, g) for k in ks]}
 
@@ -198,24 +240,32 @@ FP16_TC_SHARE = 0.10  # FP16 tensor-core share of tensor-core compute that makes
 
 def validation_kinds(feat: dict, facts: dict | None = None) -> list[str]:
     """The kinds of work in a graph that the truth table validates separately: 'fp16_gemm'
-    (FP16 tensor-core kernels carry >= 10% of its tensor-core compute) and 'attention' (any
-    attention block, fused MHA or not). The shipped fit's absolute rows are INT8 CNNs, so a
-    graph of these kinds gets the band of the rows that do validate them (estimate.py)."""
+    (FP16 tensor-core kernels carry >= 10% of its tensor-core compute), 'fp8_gemm' (FP8 ones
+    do) and 'attention' (any attention block, fused MHA or not). The shipped fit's absolute
+    rows are INT8 CNNs, so a graph of these kinds gets the band of the evidence that does
+    validate them (estimate.py)."""
     kl = np.asarray(feat["klass"])
     comp = np.asarray(feat["compute_s"], float)
-    tc = float(comp[kl < 2].sum())
+    tc = float(comp[np.isin(kl, TC_KLASSES)].sum())
     out = []
-    if tc > 0 and float(comp[kl == 0].sum()) >= FP16_TC_SHARE * tc:
+    if tc > 0 and float(comp[kl == KLASS_FP16].sum()) >= FP16_TC_SHARE * tc:
         out.append("fp16_gemm")
+    if tc > 0 and float(comp[kl == KLASS_FP8].sum()) >= FP16_TC_SHARE * tc:
+        out.append("fp8_gemm")
     if facts and (facts.get("mha_fused") or facts.get("mha_unfused")):
         out.append("attention")
     return out
 
 
+def efficiencies(klass_: np.ndarray, c: Constants) -> np.ndarray:
+    """Each kernel's compute efficiency: its precision's tensor-core constant, 1 for the rest."""
+    return np.select([klass_ == KLASS_FP16, klass_ == KLASS_INT8, klass_ == KLASS_FP8],
+                     [c.tc_eff, c.tc8_eff, c.fp8_eff], 1.0)
+
+
 def kernel_ms(klass_: np.ndarray, comp: np.ndarray, mem: np.ndarray, c: Constants) -> np.ndarray:
     """Each kernel's time: max(compute / efficiency, memory / bandwidth efficiency) + fixed."""
-    eff = np.where(klass_ == 0, c.tc_eff, np.where(klass_ == 1, c.tc8_eff, 1.0))
-    return 1e3 * np.maximum(comp / eff, mem / c.mem_eff) + c.kernel_us * 1e-3
+    return 1e3 * np.maximum(comp / efficiencies(klass_, c), mem / c.mem_eff) + c.kernel_us * 1e-3
 
 
 def predict_ms(feat: dict, c: Constants) -> float:
@@ -230,24 +280,48 @@ def row_ms(row: dict, c: Constants) -> float:
     return predict_ms(row["features"], c)
 
 
+def _has_fp8_work(rows: list) -> bool:
+    """True when some row has FP8 tensor-core compute (so the FP8 efficiency can be fitted)."""
+    def f8(feat):
+        return any(k == KLASS_FP8 and c > 0 for k, c in zip(feat["klass"], feat["compute_s"]))
+
+    return any(f8(r["ratio"][0]) or f8(r["ratio"][1]) if "ratio" in r else f8(r["features"])
+               for r in rows)
+
+
 def fit(rows: list, start: Constants | None = None, prior: Constants | None = None,
         prior_weight: float = 0.0) -> Constants:
     """Least squares in log space over rows.
 
     Each row: {"features": dict, "measured_ms": float} (an absolute row) or
     {"ratio": (features_a, features_b), "measured": a_ms / b_ms} (a speed-up pair). With
-    `prior`, a pull of `prior_weight` towards it (used when refitting on a user's few rows)."""
+    `prior`, a pull of `prior_weight` towards it (used when refitting on a user's few rows).
+    The FP8 efficiency is fitted only when some row has FP8 tensor-core work; otherwise it
+    stays tied to INT8's (tcf8_eff None) unless the prior fixes it."""
     from scipy.optimize import least_squares
 
     if not rows:
         raise BadInput("nothing to fit: no rows")
     start = start or Constants()
-    lo = np.log([b[0] for b in Constants.BOUNDS])
-    hi = np.log([b[1] for b in Constants.BOUNDS])
-    x0 = np.clip(np.log(start.vector()), lo + 1e-9, hi - 1e-9)
+    with_fp8 = _has_fp8_work(rows)
+    bounds = list(Constants.BOUNDS) + ([Constants.FP8_BOUNDS] if with_fp8 else [])
+    lo = np.log([b[0] for b in bounds])
+    hi = np.log([b[1] for b in bounds])
+    v0 = list(start.vector()) + ([start.fp8_eff] if with_fp8 else [])
+    x0 = np.clip(np.log(v0), lo + 1e-9, hi - 1e-9)
+    n = len(Constants.NAMES)
+
+    def constants(x) -> Constants:
+        v = np.exp(x)
+        return Constants.from_vector(v[:n], float(v[n]) if with_fp8 else
+                                     (prior.tcf8_eff if prior is not None else None))
+
+    prior_x = None
+    if prior is not None and prior_weight:
+        prior_x = np.log(list(prior.vector()) + ([prior.fp8_eff] if with_fp8 else []))
 
     def resid(x):
-        c = Constants.from_vector(np.exp(x))
+        c = constants(x)
         r = []
         for row in rows:
             if "ratio" in row:
@@ -255,8 +329,8 @@ def fit(rows: list, start: Constants | None = None, prior: Constants | None = No
                 r.append(math.log(predict_ms(fa, c) / predict_ms(fb, c)) - math.log(row["measured"]))
             else:
                 r.append(math.log(row_ms(row, c) / row["measured_ms"]))
-        if prior is not None and prior_weight:
-            r.extend(prior_weight * (x - np.log(prior.vector())))
+        if prior_x is not None:
+            r.extend(prior_weight * (x - prior_x))
         return np.array(r)
 
     best = None
@@ -265,7 +339,7 @@ def fit(rows: list, start: Constants | None = None, prior: Constants | None = No
         sol = least_squares(resid, x, bounds=(lo, hi), method="trf")
         if best is None or sol.cost < best.cost:
             best = sol
-    return Constants.from_vector(np.exp(best.x))
+    return constants(best.x)
 
 
 def relative_error(pred: float, measured: float) -> float:

@@ -1,9 +1,10 @@
 """Estimated latency of a (Q/DQ) ONNX graph or of an engine on a GPU, with its error band.
 
 Every number here is an ESTIMATE and says so. The kernels and the rules that make them are in
-`l4opt.latency.costmodel`; the four constants that price them were fitted on published L4
+`l4opt.latency.costmodel`; the constants that price them were fitted on published L4
 measurements (l4opt/data/l4_truth.csv) and are read from l4opt/data/l4_fit.json together with their
-leave-one-out errors, which give every estimate its band (`low_ms`..`high_ms`). A user with
+leave-one-out errors, which give every estimate its band (`low_ms`..`high_ms`); FP8 work, which
+no L4 row fits, gets the band of the sm_89 evidence instead (costmodel.FP8_EVIDENCE). A user with
 measured L4 rows refits them with `refit_from(run_dir)` (the cost model's refit; "calibration"
 in l4opt means ModelOpt's).
 """
@@ -28,7 +29,8 @@ FIT_JSON = DATA / "l4_fit.json"
 REFIT_NAME = "l4opt_refit.json"
 OLD_REFIT_NAME = "l4opt_calibration.json"  # what l4opt 0.1 called it: still read
 BAND_QUANTILES = (0.1, 0.9)
-KIND_WORDS = {"fp16_gemm": "FP16 GEMMs", "attention": "attention blocks"}
+KIND_WORDS = {"fp16_gemm": "FP16 GEMMs", "attention": "attention blocks",
+              "fp8_gemm": "FP8 tensor-core work"}
 
 
 def refit_path(run_dir) -> Path:
@@ -81,6 +83,11 @@ class Fitted:
             ke = self.kind_errors.get(kind) or {}
             errs = [float(e) for e in ke.get("errors") or []]
             word = KIND_WORDS.get(kind, kind)
+            if errs and ke.get("evidence"):  # bounds from evidence other than L4 rows
+                lo, hi = min(lo, min(errs)), max(hi, max(errs))
+                why.append(f"band widened to {min(errs):+.0%}..{max(errs):+.0%} for {word}: "
+                           f"{ke['evidence']}")
+                continue
             if not errs:
                 lo, hi = min(lo, -0.5), max(hi, 1.0)
                 why.append(f"band widened: {word} validated by no truth row, band is a guess "
@@ -257,8 +264,7 @@ def _finish(ks: list, g: GPUSpec, batch: int, notes: list, fit: Fitted,
     kl = np.asarray(feat["klass"])
     comp = np.asarray(feat["compute_s"], float)
     mem = np.asarray(feat["memory_s"], float)
-    eff = np.where(kl == 0, c.tc_eff, np.where(kl == 1, c.tc8_eff, 1.0))
-    comp_ms, mem_ms = 1e3 * comp / eff, 1e3 * mem / c.mem_eff
+    comp_ms, mem_ms = 1e3 * comp / costmodel.efficiencies(kl, c), 1e3 * mem / c.mem_eff
     lat = costmodel.kernel_ms(kl, comp, mem, c)
     df = pd.DataFrame({
         "layer": [k.name for k in ks], "kind": [k.kind for k in ks],
@@ -273,7 +279,15 @@ def _finish(ks: list, g: GPUSpec, batch: int, notes: list, fit: Fitted,
         notes.append(f"{g.name} (sm_{g.compute_capability.replace('.', '')}) has no FP8 "
                      f"tensor cores; FP8 layers priced at FP16")
     total = float(lat.sum())
-    q_lo, q_hi, widened = fit.widened(costmodel.validation_kinds(feat, facts))
+    kinds = costmodel.validation_kinds(feat, facts)
+    q_lo, q_hi, widened = fit.widened(kinds)
+    if "fp8_gemm" in kinds and c.tcf8_eff is not None:
+        notes.append(f"FP8 tensor-core efficiency fitted ({c.tcf8_eff:.3f}; INT8 {c.tc8_eff:.3f})")
+    elif "fp8_gemm" in kinds and not (fit.kind_errors.get("fp8_gemm") or {}).get("evidence"):
+        notes.append(costmodel.FP8_EVIDENCE["gemm"])  # else the band's reason cites it
+    q_lo, conv_note = _fp8_conv_slow_side(ks, kl, comp, mem, c, g, total, q_lo)
+    if conv_note:
+        widened = f"{widened}; {conv_note}" if widened else conv_note
     low, high = fit.band(total, q_lo, q_hi)
     src = fit.source if g.name == "L4" else f"{fit.source}; NOT validated on {g.name}"
     if widened:
@@ -285,6 +299,25 @@ def _finish(ks: list, g: GPUSpec, batch: int, notes: list, fit: Fitted,
         notes.append(stale)
     return Estimate(df, total, g.name, batch, f"estimated-{g.name.lower().replace(' ', '-')}",
                     notes, low, high, src, c.to_dict())
+
+
+def _fp8_conv_slow_side(ks, kl, comp, mem, c: Constants, g: GPUSpec, total: float,
+                        q_lo: float) -> tuple[float, str]:
+    """(q_low, why): the band's slow side stretched to the graph with its FP8 convs at FP16
+    speed, which is what the one Ada measurement of FP8 convs showed (FP8_EVIDENCE["conv"])."""
+    idx = [i for i, k in enumerate(ks) if k.kind == "conv" and kl[i] == costmodel.KLASS_FP8]
+    if not idx or not g.fp8:
+        return q_lo, ""
+    comp2, kl2 = comp.copy(), kl.copy()
+    comp2[idx] *= g.peak("fp8") / g.peak("fp16")
+    kl2[idx] = costmodel.KLASS_FP16
+    alt = float(costmodel.kernel_ms(kl2, comp2, mem, c).sum())
+    if alt <= total:
+        return q_lo, ""
+    q = (1 + q_lo) * total / alt - 1
+    return min(q_lo, q), (f"band's slow side widened to {_fmt(total / (1 + min(q_lo, q)))} ms: "
+                          f"{len(idx)} FP8 conv kernel(s) would take the graph to {_fmt(alt)} ms "
+                          f"at FP16 speed; {costmodel.FP8_EVIDENCE['conv']}")
 
 
 def _precision_notes(facts: dict, gpu: GPUSpec) -> list[str]:
@@ -318,8 +351,9 @@ def _precision_notes(facts: dict, gpu: GPUSpec) -> list[str]:
     if tc.get("fp8") or tc.get("int8"):
         if gpu.fp8:
             out.append(f"tensor-core kernels by precision: {tc}; INT8 and FP8 share the "
-                       f"{gpu.name}'s dense peak ({gpu.tflops.get('int8'):g} TOPS/TFLOPS), so they "
-                       f"differ only through the rules above")
+                       f"{gpu.name}'s dense peak ({gpu.tflops.get('int8'):g} TOPS/TFLOPS) and, "
+                       f"unless a fit had FP8 rows, one efficiency, so they differ only through "
+                       f"the rules above")
         else:
             out.append(f"tensor-core kernels by precision: {tc}; the {gpu.name} ({gpu.arch}) has no "
                        f"FP8 tensor cores: FP8 layers would run in FP16 there")

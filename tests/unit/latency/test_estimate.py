@@ -164,3 +164,86 @@ def test_row_dims_use_the_recorded_axes_without_the_batch_axis():
            "shapes": {"batch": 4, "axes": {"b": 4, "seq": 128}}, "dims": {"seq": 96}}
     assert estimate._row_dims(row) == {"seq": 96}
     assert estimate._row_dims({"shapes": {"axes": {"seq": 7}}}) == {"seq": 7}
+
+
+# ------------------------------------------------------------------ FP8 / INT8 / FP16 constants
+
+def _feat(klass, comp, mem):
+    return {"klass": klass, "compute_s": comp, "memory_s": mem}
+
+
+def test_fp8_efficiency_is_tied_to_int8_without_fp8_rows_and_fitted_with_them():
+    from l4opt.latency import costmodel
+
+    old = costmodel.Constants.from_dict({"tc_eff": 0.6, "tc8_eff": 0.5, "mem_eff": 0.8,
+                                          "kernel_us": 2.0})  # a fit file from before FP8
+    assert old.tcf8_eff is None and old.fp8_eff == 0.5
+    truth = costmodel.Constants(tc_eff=0.6, tc8_eff=0.5, mem_eff=0.8, kernel_us=2.0, tcf8_eff=0.3)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        kl = rng.choice([0, 1, 2], size=30).tolist()
+        f = _feat(kl, (10 ** rng.uniform(-6, -4, 30)).tolist(), (10 ** rng.uniform(-6.5, -5, 30)).tolist())
+        rows.append({"features": f, "measured_ms": costmodel.predict_ms(f, truth)})
+    tied = costmodel.fit(rows)
+    assert tied.tcf8_eff is None and tied.fp8_eff == tied.tc8_eff
+    assert tied.tc8_eff == pytest.approx(0.5, rel=0.03)
+    for i in range(6):  # rows with FP8 tensor-core work make the FP8 efficiency identifiable
+        kl = rng.choice([1, 2, 3], size=30).tolist()
+        f = _feat(kl, (10 ** rng.uniform(-6, -4, 30)).tolist(), (10 ** rng.uniform(-6.5, -5, 30)).tolist())
+        rows.append({"features": f, "measured_ms": costmodel.predict_ms(f, truth)})
+    got = costmodel.fit(rows)
+    assert got.tcf8_eff == pytest.approx(0.3, rel=0.03) and got.tc8_eff == pytest.approx(0.5, rel=0.03)
+    assert costmodel.Constants.from_dict(got.to_dict()) == got
+
+
+def test_fp8_on_l4_is_its_own_kernel_class_and_fp16_where_fp8_does_not_run():
+    from l4opt.latency import costmodel
+
+    k = costmodel.Kernel("fc", "gemm", "fp8", flops=1e9)
+    assert costmodel.klass(k, estimate.get_gpu("L4")) == costmodel.KLASS_FP8
+    assert costmodel.klass(k, estimate.get_gpu("T4")) == costmodel.KLASS_FP16
+    assert costmodel.klass(costmodel.Kernel("fc", "gemm", "int8", flops=1e9)) == costmodel.KLASS_INT8
+
+
+def _conv_net(fmt, chans=64):
+    """x -> Q/DQ -> conv 3x3 (chans -> chans, Q/DQ weights) -> relu, at fmt."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(chans, chans, 3, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             helper.make_tensor("zp", fmt, [], [0]),
+             helper.make_tensor("wq", fmt, list(w.shape), np.zeros(w.size, int).tolist())]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["wd"]),
+             helper.make_node("Conv", ["xd", "wd"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    g = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["batch", chans, 56, 56])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_fp8_estimates_carry_the_evidence_band_and_say_where_it_comes_from():
+    from l4opt.latency import costmodel
+
+    base = estimate.fitted()
+    ev = {"errors": [-0.3, 0.5], "rows": ["sdxl-fp8-int8-x (FP8/INT8, RTX 4090)"],
+          "evidence": "the sm_89 pairs"}
+    fit = estimate.Fitted(base.constants, base.q_low, base.q_high, base.source,
+                          costmodel.COSTMODEL_VERSION, dict(base.kind_errors, fp8_gemm=ev))
+    f8 = estimate.estimate_onnx(_mlp(True, TensorProto.FLOAT8E4M3FN), "L4", batch=512, fit=fit)
+    i8 = estimate.estimate_onnx(_mlp(True), "L4", batch=512, fit=fit)
+    assert f8.total_ms == pytest.approx(i8.total_ms)  # tied efficiency, same rules on a GEMM
+    assert f8.high_ms == pytest.approx(f8.total_ms / 0.7) and f8.low_ms == pytest.approx(f8.total_ms / 1.5)
+    assert "the sm_89 pairs" in f8.band_source and "FP8 tensor-core work" in f8.band_source
+    assert any("the sm_89 pairs" in n for n in f8.notes) and "sm_89" not in i8.band_source
+    shipped = estimate.estimate_onnx(_mlp(True, TensorProto.FLOAT8E4M3FN), "L4", batch=512)
+    assert "NOT fitted" in shipped.band_source and shipped.high_ms > shipped.total_ms / (1 + base.q_low)
+    # FP8 convs: the slow side reaches the graph with those convs at FP16 speed (#4081)
+    c8 = estimate.estimate_onnx(_conv_net(TensorProto.FLOAT8E4M3FN), "L4", batch=16, fit=fit)
+    c16 = estimate.estimate_onnx(_conv_net(TensorProto.INT8), "L4", batch=16, fit=fit)
+    assert "issues/4081" in c8.band_source and "issues/4081" not in c16.band_source
+    lay = c8.layers.set_index("layer").loc["conv"]
+    fp16_speed = c8.total_ms + lay["compute_ms"] * (fit.constants.tc8_eff / fit.constants.tc_eff * 2 - 1)
+    assert c8.high_ms >= fp16_speed / (1 + min(base.q_low, -0.3)) * 0.99
