@@ -380,8 +380,24 @@ def cmd_report(a) -> int:
     from l4opt.errors import BadInput
     from l4opt.ui.report import write_report
 
+    budget = None
+    if a.max_drop is not None and a.min_cosine is not None:
+        raise BadInput("give --max-drop or --min-cosine, not both")
+    if a.max_drop is not None:
+        budget = {"max_drop": _number(a.max_drop, "--max-drop", allow_zero=True)}
+    elif a.min_cosine is not None:
+        budget = {"min_cosine": _number(a.min_cosine, "--min-cosine")}
+    fleet = None
+    if a.p99_ms is not None:
+        from l4opt.fleet.plan import gpu_names
+        from l4opt.ui.view_model import FLEET_GPUS
+
+        fleet = {"p99_ms": _number(a.p99_ms, "--p99-ms"), "qps": _number(a.qps, "--qps"),
+                 "gpus": gpu_names(a.gpus or FLEET_GPUS), "instances": _instances(a.instances)}
+    elif a.qps is not None or a.gpus is not None:
+        raise BadInput("--qps and --gpus plan a fleet: give --p99-ms T with them")
     try:
-        print(write_report(a.run_dir, a.output))
+        print(write_report(a.run_dir, a.output, budget=budget, fleet=fleet))
     except OSError as exc:
         where = exc.filename or a.output or a.run_dir
         raise BadInput(f"cannot write the report to {where}: {exc.strerror or exc}; choose a "
@@ -401,28 +417,50 @@ def cmd_playbook_run(a) -> int:
     return 0
 
 
+def _instances(v) -> tuple:
+    """--instances "1,2": the engine copies per GPU the plan may configure."""
+    from l4opt.errors import BadInput
+
+    out = []
+    for part in str(v).split(","):
+        try:
+            k = int(part.strip())
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise BadInput(f"--instances {v!r}: give whole numbers >= 1, comma-separated "
+                           f"(e.g. 1,2)")
+        out.append(k)
+    return tuple(dict.fromkeys(out))
+
+
+def _number(v, flag: str, allow_zero: bool = False):
+    """A flag's finite number > 0 (>= 0 with allow_zero), or None when not given."""
+    from l4opt.errors import BadInput
+
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        raise BadInput(f"{flag} {v!r} is not a number; give a number > 0") from None
+    if not (math.isfinite(f) and (f >= 0 if allow_zero else f > 0)):
+        raise BadInput(f"{flag} {v!r}: give a finite number {'>=' if allow_zero else '>'} 0")
+    return f
+
+
 def cmd_plan(a) -> int:
     from l4opt.errors import BadInput
     from l4opt.fleet.plan import plan, text
 
-    def number(v, flag):
-        if v is None:
-            return None
-        try:
-            f = float(v)
-        except ValueError:
-            raise BadInput(f"{flag} {v!r} is not a number; give a number > 0") from None
-        if not (math.isfinite(f) and f > 0):
-            raise BadInput(f"{flag} {v!r}: give a finite number > 0")
-        return f
-
     if (a.run_dir is None) == (a.onnx is None):
         raise BadInput("give a RUN_DIR or --onnx FILE (exactly one)")
     gpus = a.gpus or a.gpu or ("L4,T4,A10G,L40S" if a.run_dir else "L4")
-    res = plan(a.run_dir, onnx=a.onnx, qps=number(a.qps, "--qps"),
-               p99_ms=number(a.p99_ms, "--p99-ms"), gpus=gpus, prices=a.prices,
+    res = plan(a.run_dir, onnx=a.onnx, qps=_number(a.qps, "--qps"),
+               p99_ms=_number(a.p99_ms, "--p99-ms"), gpus=gpus, prices=a.prices,
                budget=None if a.max_drop is None else {"max_drop": a.max_drop},
-               dims=_dims(a), max_batch=a.max_batch)
+               dims=_dims(a), max_batch=a.max_batch, instances=_instances(a.instances),
+               workload=a.workload)
     _emit(res.to_dict(), a.json, text(res))
     return 0
 
@@ -514,7 +552,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="one self-contained HTML report of a run directory")
     s.add_argument("run_dir")
-    s.add_argument("-o", "--output", default=None)
+    s.add_argument("-o", "--output", default=None, help="the HTML file to write (default "
+                   "RUN_DIR/report.html)")
+    s.add_argument("--max-drop", default=None, help="accuracy budget of the recommendation: "
+                   "largest allowed task-metric drop (default 0.01)")
+    s.add_argument("--min-cosine", default=None, help="accuracy budget as the smallest "
+                   "allowed mean cosine instead")
+    s.add_argument("--p99-ms", default=None, help="add a fleet plan at this p99 target (ms)")
+    s.add_argument("--qps", default=None, help="fleet plan: target traffic (QPS)")
+    s.add_argument("--gpus", default=None, help="fleet plan: comma-separated GPUs (default "
+                   "L4,T4,A10G,L40S)")
+    s.add_argument("--instances", default="1", help="fleet plan: engine instances per GPU "
+                   "to consider (e.g. 1,2)")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("plan", help="fleet plan: max QPS per GPU at a p99 target, GPUs needed, "
@@ -534,6 +583,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest batch to consider for --onnx (default 64)")
     s.add_argument("--dim", action="append", type=dim_value, metavar="NAME=VALUE",
                    help="value of a named non-batch axis of --onnx, e.g. seq=128 (repeatable)")
+    s.add_argument("--instances", default="1", help="engine instances per GPU to consider, "
+                   "comma-separated (default 1; e.g. 1,2: the plan keeps the better)")
+    s.add_argument("--workload", default=None, help="the workload to plan when RUN_DIR holds "
+                   "several")
     s.add_argument("--json", action="store_true", help="print the plan as JSON")
     s.set_defaults(fn=cmd_plan)
 

@@ -130,3 +130,102 @@ def machine() -> dict:
         "python": platform.python_version(), "cpu": cpu, "cores": os.cpu_count(),
         "gpu": g["name"] if g else "none",
     }
+
+
+# ------------------------------------------------------------------ progress bars
+
+def in_kernel():
+    """The running Jupyter kernel's IPython shell, or None (a terminal, a script, plain
+    IPython): the rule tqdm.autonotebook uses to pick its widget bars."""
+    import sys
+
+    ip = sys.modules.get("IPython")
+    try:
+        shell = ip.get_ipython() if ip is not None else None
+    except Exception:
+        return None
+    return shell if shell is not None and "IPKernelApp" in getattr(shell, "config", {}) else None
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar. In a Jupyter kernel: text lines of the running cell, one output
+    updated in place (no ipywidget, so nothing dead after a page reload or a restart, and no
+    comm, whose subshell request makes JupyterLab show the kernel Idle while the cell runs);
+    elsewhere tqdm's terminal bar on `file`."""
+    from tqdm.std import tqdm
+
+    if in_kernel() is None:
+        return tqdm(iterable, **kwargs)
+    return _cell_bar_class()(iterable, **kwargs)
+
+
+class _CellLines:
+    """The progress lines of the cell that runs now, shown as one display output (updated with
+    update_display_data); a bar that closes with leave=False takes its line away."""
+
+    def __init__(self):
+        import itertools
+        import threading
+
+        self.lock, self.ids = threading.Lock(), itertools.count()
+        self.cell, self.handle, self.lines = None, None, {}
+
+    def set(self, line: int, text: str) -> None:
+        from IPython.display import display
+
+        cell = _cell_id(in_kernel())
+        with self.lock:
+            if cell != self.cell:  # another cell: its own output
+                self.cell, self.handle, self.lines = cell, None, {}
+            if text:
+                self.lines[line] = text
+            else:
+                self.lines.pop(line, None)
+            body = {"text/plain": "\n".join(self.lines.values())}
+            if self.handle is None:
+                if text:
+                    self.handle = display(body, raw=True, display_id=True)
+            else:
+                self.handle.update(body, raw=True)
+
+
+_CELL = _CellLines()
+
+
+def _cell_id(shell):
+    """The msg_id of the request the kernel runs now (one per cell execution)."""
+    kernel = getattr(shell, "kernel", None)
+    try:
+        parent = kernel.get_parent() if hasattr(kernel, "get_parent") else \
+            getattr(shell, "parent_header", None)
+    except Exception:
+        parent = None
+    return ((parent or {}).get("header") or {}).get("msg_id")
+
+
+@lru_cache(maxsize=1)
+def _cell_bar_class():
+    import io
+
+    from tqdm.std import tqdm
+
+    class _Null(io.TextIOBase):
+        encoding = "utf-8"
+
+        def write(self, s):
+            return len(s)
+
+    class CellBar(tqdm):
+        """tqdm drawn as a line of the running cell's progress output, never as a widget."""
+
+        def __init__(self, *args, **kwargs):
+            kwargs["file"] = _Null()
+            kwargs.setdefault("mininterval", 0.5)
+            self._l4opt_line = next(_CELL.ids)
+            super().__init__(*args, **kwargs)
+
+        def display(self, msg=None, pos=None):
+            _CELL.set(self._l4opt_line, self.__str__() if msg is None else msg)
+            return True
+
+    return CellBar

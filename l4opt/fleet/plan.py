@@ -88,7 +88,8 @@ def _positive(v, field: str, allow_none=False):
     return f
 
 
-def _gpu_list(gpus) -> tuple:
+def gpu_names(gpus) -> tuple:
+    """The canonical names of a list (or comma-separated string) of GPUs; unknown ones refused."""
     if isinstance(gpus, str):
         gpus = [g for g in gpus.split(",")]
     names = [str(g).strip() for g in (gpus or ())]
@@ -208,6 +209,22 @@ def _run_items(run_dir: Path) -> list[dict]:
     return items
 
 
+def _one_workload(items: list[dict], workload, run_dir: Path) -> list[dict]:
+    """The items of one workload: recipes of different models are never compared or
+    recommended against each other."""
+    found = list(dict.fromkeys(str(it["workload"]) for it in items))
+    if workload is None:
+        if len(found) > 1:
+            raise BadInput(f"workload: {run_dir} holds {len(found)} workloads ({', '.join(found)})"
+                           f"; choose one (--workload NAME, or workload= in Python)")
+        return items
+    keep = [it for it in items if str(it["workload"]) == str(workload)]
+    if not keep:
+        raise BadInput(f"workload: {run_dir} has no trials of {workload!r}; it holds "
+                       f"{', '.join(found)}")
+    return keep
+
+
 def _file_item(path, dims, max_batch) -> dict:
     p = Path(path)
     if not p.is_file():
@@ -306,19 +323,20 @@ def _qps_at(curve, cfg, target):
 # ------------------------------------------------------------------ the plan
 
 def plan(run_dir=None, *, onnx=None, qps=None, p99_ms, gpus=("L4",), prices=None,
-         budget=None, dims=None, max_batch: int = 64, instances=(1,), progress: bool = False
-         ) -> PlanResult:
+         budget=None, dims=None, max_batch: int = 64, instances=(1,), workload=None,
+         progress: bool = False) -> PlanResult:
     """Per (recipe or file, GPU): max QPS per GPU at p99 <= `p99_ms`, the batch and queue delay
     to configure, GPUs needed for `qps`, USD per million and joules per inference, with the
     bands of the latency estimate. `budget`: the largest allowed metric drop, or
     {'max_drop': ..., 'min_cosine': ...}; `prices`: a YAML/JSON file or dict overriding
     l4opt/data/prices.json; `dims`/`max_batch`: named axes and the largest batch for an ONNX
-    file (a run directory's rows carry their own)."""
+    file (a run directory's rows carry their own); `instances`: engine copies per GPU to try;
+    `workload`: the workload of a run directory holding several."""
     import pandas as pd
 
     target = _positive(p99_ms, "p99_ms")
     qps = _positive(qps, "qps", allow_none=True)
-    names = _gpu_list(gpus)
+    names = gpu_names(gpus)
     budget = _budget(budget)
     price_table = costs.load_prices(prices)
     inst = tuple(int(_positive(k, "instances")) for k in (instances or (1,)))
@@ -330,7 +348,7 @@ def plan(run_dir=None, *, onnx=None, qps=None, p99_ms, gpus=("L4",), prices=None
             raise BadInput(f"max_batch must be a whole number >= 1, got {max_batch!r}")
         items = [_file_item(onnx, dims, int(mb))]
     else:
-        items = _run_items(Path(run_dir))
+        items = _one_workload(_run_items(Path(run_dir)), workload, Path(run_dir))
 
     rows, notes = [], []
     for it in items:
@@ -502,6 +520,64 @@ def display_table(res: PlanResult):
     return show
 
 
+def _with_band(v, lo, hi, fmt: str) -> str:
+    s = fmt.format(v)
+    ok = all(isinstance(x, (int, float)) and x == x for x in (lo, hi))
+    return s + (f" ({fmt.format(lo)}-{fmt.format(hi)})" if ok and not lo == v == hi else "")
+
+
+def recommendation(res: PlanResult) -> list[str]:
+    """The plan's answer in sentences: per GPU, the recipe to ship with its GPUs, USD per
+    million and joules (bands from the latency estimate), then the cheapest GPU overall."""
+    t, out, best = res.table, [], None
+    at = f"{res.qps:g} QPS" if res.qps else "one GPU's max QPS"
+    for g in res.gpus:
+        name = res.recommended.get(g)
+        if name is None:
+            out.append(f"{g}: no recipe to recommend at p99 <= {res.p99_ms:g} ms (none is ok, "
+                       f"within the accuracy budget, quantized as on {g} and meets the target)")
+            continue
+        r = t[(t.gpu == g) & (t.recipe == name)].iloc[0]
+        usd = r.usd_per_million
+        parts = [f"{g}: ship {name} at batch {int(r.batch)} with a {r.queue_delay_ms:.3g} ms "
+                 f"queue delay: {_with_band(r.max_qps_per_gpu, r.max_qps_per_gpu_low, r.max_qps_per_gpu_high, '{:,.0f}')} "
+                 f"QPS per GPU at p99 <= {res.p99_ms:g} ms"]
+        if res.qps:
+            plural = "" if r.gpus_needed == r.gpus_needed_high == 1 else "s"
+            parts.append(f"{_with_band(r.gpus_needed, r.gpus_needed_low, r.gpus_needed_high, '{:.0f}')}"
+                         f" GPU{plural} for {res.qps:g} QPS")
+        if isinstance(usd, (int, float)) and usd == usd:
+            parts.append(f"USD {_with_band(usd, r.usd_per_million_low, r.usd_per_million_high, '{:.3g}')}"
+                         f" per million inferences")
+            if best is None or usd < best[1]:
+                best = (g, usd, name)
+        if isinstance(r.joules_per_inference, (int, float)) and r.joules_per_inference == r.joules_per_inference:
+            parts.append(f"{r.joules_per_inference:.3g} J per inference (power: {r.power_source})")
+        out.append(", ".join(parts))
+    if best is not None and len(res.gpus) > 1:
+        out.append(f"cheapest at {at}: {best[2]} on {best[0]} (USD {best[1]:.3g} per million, "
+                   f"on-demand prices; latencies ESTIMATED unless measured)")
+    return out
+
+
+def folded_notes(table) -> list[str]:
+    """Each row note once, with the recipes and GPUs it concerns ("int8, int8-max on L4, T4:
+    status collapsed ..."), not once per (recipe, GPU)."""
+    by_note: dict = {}
+    for r in table.itertuples():
+        if r.note:
+            by_note.setdefault(r.note, {}).setdefault(r.recipe, []).append(r.gpu)
+    out = []
+    for note, recipes in by_note.items():
+        gsets = {tuple(g) for g in recipes.values()}
+        if len(gsets) == 1:
+            out.append(f"{', '.join(recipes)} on {', '.join(next(iter(gsets)))}: {note}")
+        else:
+            out.append("; ".join(f"{r} on {', '.join(g)}" for r, g in recipes.items())
+                       + f": {note}")
+    return out
+
+
 def text(res: PlanResult) -> str:
     """The plan as a plain-text table, with the notes under it."""
     import pandas as pd
@@ -513,12 +589,11 @@ def text(res: PlanResult) -> str:
              + f"; GPUs {', '.join(res.gpus)}; latencies: {', '.join(sorted(set(df.latency_source.dropna())))}"]
     with pd.option_context("display.max_columns", None, "display.width", 250):
         lines.append(show.to_string(index=False))
-    for r in df.itertuples():
-        if r.note:
-            lines.append(f"note: {r.recipe} on {r.gpu}: {r.note}")
+    lines += [f"note: {n}" for n in folded_notes(df)]
     lines += [f"note: {n}" for n in res.notes]
     lines.append("recommended: " + ", ".join(f"{g}: {v or 'none'}" for g, v in
                                               res.recommended.items()))
+    lines += recommendation(res)
     lines.append("Latencies are the cost model's ESTIMATES unless the source says measured; "
                  "power at TDP is an upper bound; queueing model: l4opt/fleet/queueing.py.")
     return "\n".join(lines)

@@ -568,7 +568,7 @@ def refit_from(run_dir: str | Path, progress: bool = False) -> "object":
     shipped = fitted()
     it = rows
     if progress:
-        from tqdm.auto import tqdm
+        from l4opt.env import progress as tqdm
 
         it = tqdm(rows, desc="re-estimating measured rows")
     data, kept, skipped = [], [], []

@@ -1097,7 +1097,7 @@ def engine_drift_outputs(onnx_path, inputs: list[dict], batches, *, cache_dir,
     The engine is the one measure_onnx builds and times when batch_range is the trial's (same
     settings, same cache key); feeds larger than its maximum batch are cut and rejoined.
     """
-    from tqdm.auto import tqdm
+    from l4opt.env import progress as tqdm
 
     batches = list(batches)
     sizes = [len(b[0]) for b in batches if b]

@@ -163,7 +163,7 @@ def name_outputs(out, names: list[str]) -> dict[str, np.ndarray]:
 def run_all(runner, batches, total: int | None = None, desc: str = "evaluate",
             progress: bool = True, file=None) -> dict[str, np.ndarray]:
     """Run every batch through a runner; each output concatenated over the batches."""
-    from tqdm.auto import tqdm
+    from l4opt.env import progress as tqdm
 
     runner.activate()
     try:
@@ -228,7 +228,7 @@ class OrtWorker:
             desc="evaluate (onnxruntime)", progress=False, file=None,
             numerics: str | None = None) -> dict[str, np.ndarray]:
         """Every batch through the graph at `path` in the child; outputs concatenated."""
-        from tqdm.auto import tqdm
+        from l4opt.env import progress as tqdm
 
         if self.proc is None or self.proc.poll() is not None:
             self._start()

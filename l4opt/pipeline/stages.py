@@ -140,7 +140,7 @@ def onnx_ptq(ctx: Context, recipe: Recipe, key: str, row: dict, ort, log):
 def torch_ptq(ctx: Context, recipe: Recipe, key: str, row: dict, ort, log):
     """ModelOpt torch PTQ calibrated at the deployment batch, exported with explicit Q/DQ;
     drift on ONNX Runtime, or on the fake-quantized torch model when ORT cannot run it."""
-    from tqdm.auto import tqdm
+    from l4opt.env import progress as tqdm
 
     from l4opt.onnx.graph import gemm_nodes, quantized_gemm_nodes
     from l4opt.pipeline.export import FP8_OPSET, OPSET, export_torch

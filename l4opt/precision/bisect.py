@@ -114,7 +114,7 @@ class _Recorder:
 def _bisect(rec: _Recorder, moves: list[dict], progress: bool) -> dict:
     """The shortest prefix of `moves` meeting the budget: bisection on the screening subset,
     then confirmation (and, if needed, a few more moves) on the whole evaluation set."""
-    from tqdm.auto import tqdm
+    from l4opt.env import progress as tqdm
 
     n = len(moves)
     bar = tqdm(total=max(1, math.ceil(math.log2(n + 1))) + 3, desc="bisect", unit="eval",

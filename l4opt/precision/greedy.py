@@ -89,7 +89,7 @@ class _Evaluator:
 
 
 def _greedy(ev: _Evaluator, ranking: list[str], progress: bool) -> dict:
-    from tqdm.auto import tqdm
+    from l4opt.env import progress as tqdm
 
     cal = ev.cal
     enabled = list(cal.layers)

@@ -40,7 +40,7 @@ class SensitivityResult:
 
 def _evaluate_layers(cal, progress: bool, cluster=None):
     """(layer, only-this-layer, all-but-this-layer) in layer order, here or on Ray."""
-    from tqdm.auto import tqdm
+    from l4opt.env import progress as tqdm
 
     if cluster:
         from l4opt.run.cluster import evaluate_layers

@@ -33,7 +33,7 @@ class Calibrated:
     def __init__(self, workload: Workload, recipe: Recipe, eval_samples: int | None,
                  progress: bool, tty=None, *, batch: int | None = None, dims: dict | None = None):
         import torch
-        from tqdm.auto import tqdm
+        from l4opt.env import progress as tqdm
 
         from l4opt.pipeline.quantize import quantize_torch, quantizers
         from l4opt.spec.shapes import for_workload

@@ -239,7 +239,7 @@ def _error_text(exc) -> str:
 
 def run_trials(ctx, todo, cluster, *, latency: bool, notes: list, total: int, initial: int):
     """Run the (recipe, key) trials on Ray; yield (key, row) as the driver stores each one."""
-    from tqdm.auto import tqdm
+    from l4opt.env import progress as tqdm
 
     ray = _ray()
     conn = connect(cluster)
@@ -341,7 +341,7 @@ def _apply_engine(ray, ref, row: dict) -> None:
 def evaluate_layers(cal, layers, cluster, progress: bool = True) -> dict:
     """Per layer, the drift with only it quantized and with all but it, evaluated in chunks
     on the cluster's workers from one calibrated model."""
-    from tqdm.auto import tqdm
+    from l4opt.env import progress as tqdm
 
     ray = _ray()
     conn = connect(cluster)

@@ -27,7 +27,7 @@ class LocalExecutor:
 
     def run(self, ctx: Context, todo, *, latency: bool, notes: list, total: int,
             initial: int):
-        from tqdm.auto import tqdm
+        from l4opt.env import progress as tqdm
 
         bar = ctx.bar = tqdm(todo, desc=f"sweep {ctx.workload.name}", unit="trial",
                              disable=not ctx.progress, total=total, initial=initial)

@@ -526,11 +526,17 @@ def precision_map(layers, title: str | None = None, gpu: str = "L4", batch=None,
     ops = [esc(o) for o in df.get("op_type", [""] * len(df))]
     no_est = [str(n) for n, v in zip(df["layer"], est) if not math.isfinite(v)]
     fmts = [str(f) for f in df["format"]]
+    kinds = [str(k) for k in df.get("kind", ["gemm"] * len(df))]
     for fmt in [f for f in FORMAT_ORDER if f in fmts] + sorted(set(fmts) - set(FORMAT_ORDER)):
         idx = [i for i, f in enumerate(fmts) if f == fmt]
+        # GEMM/conv layers and the other options (residual adds, norms) counted apart, as the
+        # title counts them
+        n_gemm = sum(kinds[i] == "gemm" for i in idx)
+        count = f"{n_gemm} GEMM/conv" + (f" + {len(idx) - n_gemm} other" if len(idx) > n_gemm
+                                         else "")
         fig.add_trace(go.Bar(
             x=[labels[i] for i in idx], y=[est[i] if math.isfinite(est[i]) else 0 for i in idx],
-            name=f"{esc(fmt).upper()} ({len(idx)})",
+            name=f"{esc(fmt).upper()} ({count})",
             marker_color=PRECISION_COLORS.get(fmt, "#999"),
             customdata=[[ops[i], esc(fmt), f"{sens[i]:.3g}" if math.isfinite(sens[i]) else "–",
                          f"{est[i]:.4g} ms" if math.isfinite(est[i]) else "no estimate"]
@@ -546,9 +552,8 @@ def precision_map(layers, title: str | None = None, gpu: str = "L4", batch=None,
             hovertemplate="<b>%{x}</b><br>sensitivity %{y:.3g}<extra></extra>"))
     b = f", batch {batch}" if batch is not None else ""
     total = sum(v for v in est if math.isfinite(v))
-    q8 = sum(f in ("int8", "fp8") for f, k in zip(fmts, df.get("kind", ["gemm"] * len(df)))
-             if k == "gemm")
-    ng = sum(k == "gemm" for k in df.get("kind", ["gemm"] * len(df)))
+    q8 = sum(f in ("int8", "fp8") for f, k in zip(fmts, kinds) if k == "gemm")
+    ng = sum(k == "gemm" for k in kinds)
     fig.update_layout(
         title=title or (f"Per-layer precision: {q8} of {ng} GEMM/conv layers at 8 bits; "
                         f"est. {esc(gpu)} time of these layers {total:.4g} ms{b} (ESTIMATED)"),

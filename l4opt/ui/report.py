@@ -29,7 +29,18 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 code{background:#f5f5f5;padding:0 3px;border-radius:3px}nav a{margin-right:1em}
 .rec{border-left:4px solid #070;padding:.4em .8em;background:#f3faf3}.rec.bad{border-color:#b00;
  background:#fdf3f3}.tbl-more{overflow-x:auto}details>summary{cursor:pointer;color:#235}
+#l4opt-noscript{border:2px solid #e69500;background:#fff4e0;padding:.6em .9em;margin:0 0 1em}
 """
+# Shown where the page's scripts do not run (JupyterLab's HTML viewer until "Trust HTML"); the
+# report's own script in <head> removes it as soon as scripts run, so a browser never shows it.
+NOSCRIPT_NOTE = (
+    "<div id=l4opt-noscript role=note><b>The charts need JavaScript, and this viewer runs "
+    "none.</b> In JupyterLab, press <b>Trust HTML</b> in this viewer's toolbar (the file is "
+    "self-contained: plotly.js is inside it, nothing is loaded from the network), or open it "
+    "in a browser tab (file browser: right-click the file, <i>Open in New Browser Tab</i>). "
+    "The recommendation and the tables below read without it.</div>")
+NOSCRIPT_HIDE = ("<script>document.addEventListener('DOMContentLoaded',function(){"
+                 "var n=document.getElementById('l4opt-noscript');if(n)n.remove();});</script>")
 
 SWEEP_COLUMNS = ["workload", "recipe", "status", "collapsed", "format", "route", "algorithm",
                  "metric_name", "metric", "metric_drop", "cos_mean", "cos_min", "sqnr_db",
@@ -342,6 +353,7 @@ class _Page:
     data: dict
     budget: object = None
     figs: list = dataclasses.field(default_factory=list)
+    fleet: dict | None = None   # p99_ms, qps, gpus, instances of the fleet plan, or None
 
     def __post_init__(self):
         import pandas as pd
@@ -382,6 +394,7 @@ def _header(pg: _Page, title: str) -> list[str]:
          "<a href='#chart'>Accuracy vs latency</a><a href='#mixed'>Mixed precision</a>"
          "<a href='#sensitivity'>Per-layer sensitivity</a><a href='#lint'>Engine lint</a>"
          "<a href='#details'>Per-trial details</a><a href='#batch'>Batch-size curves</a>"
+         "<a href='#fleet'>Fleet plan</a>"
          "<a href='#provenance'>Provenance</a></nav>"]
     sources = {str(s) for s in pg.df.get("latency_source", []) if plots.source_kind(s)}
     if any(plots.source_kind(s) == plots.ESTIMATED for s in sources):
@@ -573,29 +586,67 @@ def _batch_section(pg: _Page) -> list[str]:
 
 
 def _notes_section(pg: _Page) -> list[str]:
-    """Each trial's notes, the same note said once with the recipes it concerns."""
-    by_note: dict[str, list[str]] = {}
-    for r in pg.rows:
-        for n in r.get("notes") or []:
-            by_note.setdefault(str(n), []).append(str(r.get("recipe")))
-    if not by_note:
+    """Each trial's notes, the same note said once with the recipes it concerns (the one rule
+    notebooks use too: l4opt.ui.tables.folded_notes)."""
+    from l4opt.ui.tables import folded_notes
+
+    folded = folded_notes(pg.rows, "notes")
+    if not folded:
         return []
     return ["<h2 id=notes>Notes on trials</h2><ul>" + "".join(
-        f"<li><b>{e(', '.join(dict.fromkeys(rcs)))}</b>: {e(n)}</li>"
-        for n, rcs in by_note.items()) + "</ul>"]
+        f"<li><b>{e(', '.join(rcs))}</b>: {e(n)}</li>" for n, rcs in folded) + "</ul>"]
+
+
+def _fleet_section(pg: _Page) -> list[str]:
+    """GPUs needed, USD per million and joules per inference per recipe and GPU at the chosen
+    p99 target (l4opt.plan under the report's budget), with the cost-vs-accuracy chart."""
+    from l4opt.errors import BadInput
+    from l4opt.fleet.plan import (cost_accuracy_figure, display_table, folded_notes,
+                                  recommendation)
+    from l4opt.ui.view_model import FLEET_GPUS, fleet_plan
+
+    out = ["<h2 id=fleet>Fleet plan</h2>"]
+    if not pg.fleet:
+        return out + ["<p class=note>not planned: <code>l4opt report RUN_DIR --p99-ms T "
+                      "[--qps N] [--gpus L4,T4]</code> (or the dashboard's Fleet plan panel) "
+                      "adds the GPUs needed, USD per million and joules per inference per "
+                      "recipe and GPU; <code>l4opt plan</code> prints the same.</p>"]
+    f = dict(pg.fleet)
+    for wl in sorted({str(r.get("workload")) for r in pg.sweep_rows}):
+        try:
+            res = fleet_plan(pg.run_dir, wl, pg.budget, p99_ms=f.get("p99_ms"), qps=f.get("qps"),
+                             gpus=f.get("gpus") or FLEET_GPUS, instances=f.get("instances") or (1,))
+        except BadInput as exc:
+            out.append(f"<p class='rec bad'><b>{e(wl)}</b>: no fleet plan: {e(str(exc))}</p>")
+            continue
+        out.append(f"<p class=note><b>{e(wl)}</b>: p99 &le; {res.p99_ms:g} ms (queueing "
+                   f"included), " + (f"{res.qps:g} QPS of Poisson traffic" if res.qps else
+                                     "one GPU at its highest QPS") + "; latencies ESTIMATED "
+                   "unless measured, bands from the estimate; power at TDP unless measured. "
+                   "Rows outside the budget or not ok are shown, never recommended.</p>")
+        out.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in recommendation(res)) + "</ul>")
+        out.append(html_table(display_table(res), list(display_table(res).columns)))
+        out.append(pg.fig(cost_accuracy_figure(res)))
+        notes = folded_notes(res.table)
+        if notes or res.notes:
+            out.append("<details><summary>notes</summary><ul>" + "".join(
+                f"<li>{e(n)}</li>" for n in dict.fromkeys(notes + list(res.notes))) +
+                "</ul></details>")
+    return out
 
 
 def _provenance_section(pg: _Page) -> list[str]:
     return ["<h2 id=provenance>Provenance</h2>"] + _provenance(pg.rows, pg.data)
 
 
-def build_html(run_dir, title: str | None = None, budget=None) -> str:
+def build_html(run_dir, title: str | None = None, budget=None, fleet: dict | None = None) -> str:
     """The report of a run directory as one HTML string; `budget` (default: a task-metric drop
-    of at most 0.01) decides the recommendation at the top."""
+    of at most 0.01) decides the recommendation at the top; `fleet` ({'p99_ms': T, 'qps': N,
+    'gpus': [...], 'instances': [...]}) adds the fleet plan."""
     env.require("plotly", "writing reports")
     from plotly.offline import get_plotlyjs
 
-    pg = _Page(load_run(run_dir), budget)
+    pg = _Page(load_run(run_dir), budget, fleet=fleet)
     title = title or f"l4opt report: {pg.run_dir.resolve().name}"
     p: list[str] = []
     for section in (lambda: _header(pg, title), lambda: _recommendation_section(pg),
@@ -603,14 +654,16 @@ def build_html(run_dir, title: str | None = None, budget=None) -> str:
                     lambda: _trial_details(pg.rows), lambda: _calibration_section(pg.run_dir),
                     lambda: _chart_section(pg), lambda: _mixed_section(pg),
                     lambda: _sensitivity_section(pg), lambda: _lint_section(pg),
-                    lambda: _batch_section(pg), lambda: _notes_section(pg),
+                    lambda: _batch_section(pg), lambda: _fleet_section(pg),
+                    lambda: _notes_section(pg),
                     lambda: _provenance_section(pg)):
         p.extend(section())
     return ("<!doctype html>\n<html lang=en><head><meta charset='utf-8'>"
             f"<meta name=viewport content='width=device-width, initial-scale=1'>"
             f"<title>{e(title)}</title><style>{CSS}</style>\n"
-            f"<script type='text/javascript'>{get_plotlyjs()}</script>\n"
-            f"</head><body>\n" + "\n".join(x for x in p if x) + "\n</body></html>\n")
+            f"<script type='text/javascript'>{get_plotlyjs()}</script>\n{NOSCRIPT_HIDE}\n"
+            f"</head><body>\n{NOSCRIPT_NOTE}\n" + "\n".join(x for x in p if x) +
+            "\n</body></html>\n")
 
 def _search_section(name: str, d: dict, fig_html) -> list[str]:
     """One saved search: what was chosen (latency, band, batch, look-alikes), its per-layer
@@ -697,11 +750,11 @@ def _fmt(v) -> str:
 
 
 
-def write_report(run_dir, out=None, budget=None) -> Path:
+def write_report(run_dir, out=None, budget=None, fleet: dict | None = None) -> Path:
     """Write the report of RUN_DIR (default RUN_DIR/report.html) and return its path. `budget`
     ({"max_drop": D}, {"min_cosine": C} or an l4opt Budget; default a task-metric drop of at
     most 0.01) decides the recommendation at its top."""
-    text = build_html(run_dir, budget=budget)
+    text = build_html(run_dir, budget=budget, fleet=fleet)
     out = Path(out) if out else Path(run_dir) / "report.html"
     if out.is_dir():
         out = out / "report.html"

@@ -273,3 +273,62 @@ def trial_frame(rows):
     df["name"] = df["name"].where(df["name"].notna(), df["recipe"]).astype(object)
     df["key"] = df["key"].where(df["key"].notna(), df["name"])
     return df
+
+
+# ------------------------------------------------------------------ notes, each said once
+
+NOTE_KINDS = ("collapsed", "no-op", "failed", "fp8-int8", "notes")
+NOTE_LABELS = {"collapsed": "COLLAPSED", "no-op": "NO-OP", "failed": "FAILED",
+               "fp8-int8": "L4 latency", "notes": "note"}
+
+
+def folded_notes(rows, kind: str = "notes", brief: bool = False) -> list[tuple[str, list[str]]]:
+    """The rows' notes of one kind, each distinct note once with the recipes it concerns (in
+    the rows' order), so a note repeated for several recipes is said once. `kind`: 'notes' (a
+    trial's notes), 'fp8-int8' (why an FP8 or INT8 trial's L4 latency agrees with or differs
+    from the other format's) or a status ('collapsed', 'no-op', 'failed': why the trial is not
+    ok). `brief` keeps each note's first sentence (and folds on it)."""
+    by_note: dict[str, list[str]] = {}
+    for r in rows:
+        for n in _notes_of(r, kind):
+            n = str(n).split(". ")[0] if brief else str(n)
+            who = by_note.setdefault(n, [])
+            name = str(_py(r.get("name")) or r.get("recipe"))
+            if name not in who:
+                who.append(name)
+    return list(by_note.items())
+
+
+def _notes_of(row: dict, kind: str) -> list:
+    """The notes of one kind that one row carries."""
+    def as_list(v):
+        v = _py(v)
+        return [x for x in v if x] if isinstance(v, (list, tuple)) else ([v] if isinstance(
+            v, str) and v else [])
+
+    if kind == "notes":
+        return as_list(row.get("notes"))
+    if kind == "fp8-int8":
+        return as_list(row.get("latency_notes"))[:1] if row.get("format") in ("fp8", "int8") \
+            else []
+    if row_status(row) != kind:
+        return []
+    why = _py(row.get("error")) or _py(row.get("collapse_note")) or \
+        "; ".join(map(str, as_list(row.get("notes"))))
+    return [why or "(no note recorded)"]
+
+
+def notes_text(rows, kinds=NOTE_KINDS, brief: bool = True) -> list[str]:
+    """One plain line per distinct note of each kind (folded_notes), for a notebook's output:
+    'COLLAPSED int8, fp8: <why>', 'L4 latency (int8, fp8): <note>'."""
+    out, said = [], set()
+    for kind in kinds:
+        label = NOTE_LABELS.get(kind, kind)
+        for note, who in folded_notes(rows, kind, brief=brief):
+            if (note, tuple(who)) in said:  # a no-op's notes already given as its reason
+                continue
+            said.add((note, tuple(who)))
+            names = ", ".join(who)
+            out.append(f"{label} {names}: {note}" if kind in ("collapsed", "no-op", "failed")
+                       else f"{label} ({names}): {note}")
+    return out

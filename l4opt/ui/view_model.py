@@ -67,6 +67,32 @@ def budget_text(budget) -> str:
     return f"task metric drop <= {value:g}" + (" (relative)" if relative else "")
 
 
+FLEET_GPUS = ("L4", "T4", "A10G", "L40S")
+
+
+def plan_budget(budget) -> tuple[dict, str | None]:
+    """The dashboard/report budget as l4opt.plan takes it, and a note when it cannot carry it
+    (a relative drop is planned as absolute)."""
+    kind, value, relative = budget_of(budget)
+    note = (f"the fleet plan takes the relative drop budget {value:g} as an absolute drop"
+            if relative else None)
+    return {kind: value}, note
+
+
+def fleet_plan(run_dir, workload, budget, *, p99_ms, qps=None, gpus=FLEET_GPUS,
+               instances=(1,), progress: bool = False):
+    """l4opt.plan of one workload of a run directory under the dashboard's budget: the
+    GPU-by-recipe table, the cost-vs-accuracy chart and the stated answer all come from it."""
+    from l4opt.fleet.plan import plan
+
+    b, note = plan_budget(budget)
+    res = plan(run_dir, qps=qps, p99_ms=p99_ms, gpus=gpus, budget=b, instances=instances,
+               workload=workload, progress=progress)
+    if note:
+        res.notes.append(note)
+    return res
+
+
 def within(row, budget) -> bool | None:
     """Whether a row meets the budget; None when it has no drift figures to judge."""
     kind, value, relative = budget_of(budget)
@@ -692,3 +718,36 @@ def summary_html(rows, latency: str = "latency_ms") -> str:
 
 
 SUMMARY_DROP = "metric drop (lower is better)"
+
+
+# ------------------------------------------------------------------ opening a written report
+
+def report_href(path) -> str:
+    """Where a link to a written file points from a notebook: the Jupyter server's /files/ URL
+    (served with its scripts on, in a new browser tab) when the server that started this kernel
+    (its parent process) holds the file under its root; else the path relative to the working
+    directory, the notebook's own."""
+    import os
+    from urllib.parse import quote
+
+    p = Path(path).resolve()
+    try:
+        from jupyter_server.serverapp import list_running_servers
+
+        for srv in list_running_servers():
+            if srv.get("pid") == os.getppid():
+                rel = p.relative_to(Path(srv.get("root_dir") or "/").resolve())
+                return f"{srv.get('base_url') or '/'}files/{quote(rel.as_posix())}"
+    except Exception:  # no server, another layout, outside its root: the plain relative path
+        pass
+    return quote(Path(os.path.relpath(p, Path.cwd())).as_posix())
+
+
+def report_link(path) -> str:
+    """'report written: <a>path</a>' as HTML, the link opening the report in a new browser tab
+    (report_href), where its charts run."""
+    import html
+
+    href = html.escape(report_href(path), quote=True)
+    return (f"report written: <a href='{href}' target='_blank' rel='noopener'>"
+            f"<code>{html.escape(str(path))}</code></a> (opens in a new browser tab)")

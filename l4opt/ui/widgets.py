@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 
 from l4opt import env
+from l4opt.ui.fleet_panel import FleetPanel
 from l4opt.ui.view_model import (BUDGET_DEFAULTS, BUDGET_KINDS, MORE_COLUMNS, TABLE_COLUMNS,
                                  DashboardModel, exclusions_table, outputs_table,
                                  workload_defaults)
@@ -164,6 +165,7 @@ def _build(d, w, go, recipes, calib_samples, batch_size) -> None:
     d.table = w.HTML(layout={"max_width": "100%", "overflow_x": "auto"})
     d.panel = _TrialPanel(w, go, m)
     d.search_view = _SearchView(w, go, d, style)
+    d.fleet = FleetPanel(w, go, d, style)
     d.widget = w.VBox([
         w.HTML("<b>l4opt</b>: accuracy drift against L4 latency. L4 latencies are "
                "<b>estimated</b> (open markers, error bars: the estimate's band) unless an L4 "
@@ -171,7 +173,7 @@ def _build(d, w, go, recipes, calib_samples, batch_size) -> None:
         w.HBox([d.workload, d.recipes, d.others]),
         w.HBox([d.calib, d.batch, d.budget_kind, d.budget]),
         w.HBox([d.run_button, d.progress, d.report_button]), d.status, d.recommendation,
-        d.figure, d.table, d.panel.detail, d.panel.box, d.search_view.widget])
+        d.figure, d.table, d.panel.detail, d.panel.box, d.search_view.widget, d.fleet.widget])
     d.run_button.on_click(lambda _: d.run())
     d.report_button.on_click(lambda _: d.export_report())
     d.budget_kind.observe(lambda ch: _budget_kind_changed(d, ch), names="value")
@@ -369,6 +371,7 @@ class Dashboard:
                             for a in ("error", "notes", "thread"))
     detail, layer_figure, selected = (property(lambda self, a=a: getattr(self.panel, a))
                                       for a in ("detail", "figure", "selected"))
+    # the Fleet plan panel: dashboard.fleet (.qps, .p99, .gpus, .plan(), .result)
     searches, search_pick, search_info, search_map, front_figure = (
         property(lambda self, a=a: getattr(self.search_view, a))
         for a in ("searches", "pick", "info", "map", "front"))
@@ -412,17 +415,18 @@ class Dashboard:
 
     def export_report(self) -> Path | None:
         """Write RUN_DIR/report.html (self-contained, opens offline) with the dashboard's
-        budget as the report's."""
+        budget as the report's and, once the Fleet plan panel has planned, its fleet plan."""
         from l4opt.errors import L4OptError
         from l4opt.ui.report import write_report
+        from l4opt.ui.view_model import report_link
 
         try:
-            path = write_report(self.run_dir, budget={self.budget_kind.value: self.budget.value})
+            path = write_report(self.run_dir, budget={self.budget_kind.value: self.budget.value},
+                                fleet=self.fleet.settings())
         except L4OptError as exc:
             self.status.value = f"<b style='color:#b00'>{e(str(exc))}</b>"
             return None
-        self.status.value = (f"report written: <a href='{e(str(path))}' target='_blank'>"
-                             f"<code>{e(str(path))}</code></a>")
+        self.status.value = report_link(path)
         return path
 
     def _sync(self) -> None:

@@ -93,6 +93,8 @@ def test_report_renders_without_errors_or_network(opened):
     assert rendered == n
     assert log["errors"] == [] and log["dialogs"] == [] and log["requests"] == []
     assert (ARTIFACTS / "report.png").stat().st_size > 50_000
+    # the note for viewers that run no script (JupyterLab's, untrusted) is gone where they run
+    assert page.locator("#l4opt-noscript").count() == 0
 
 
 def test_every_trial_is_a_point_and_estimates_are_open_markers(opened):

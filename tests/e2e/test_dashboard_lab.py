@@ -4,6 +4,7 @@ model opens on a run directory that already holds earlier trials; after selectin
 recipes and pressing Run, the table and the chart show those two; after saving and reloading
 the page, the chart is drawn again (not blank axes); after a kernel restart and running the
 cell again, the store's trials are drawn without pressing Run."""
+import contextlib
 import json
 import os
 import secrets
@@ -82,6 +83,14 @@ def lab(tmp_path_factory):
             dash
         """)]}
     (root / "dash.ipynb").write_text(json.dumps(nb))
+    with jupyter_lab(root) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def jupyter_lab(root: Path):
+    """Serve `root` with JupyterLab on a free port with its own token, config, runtime,
+    settings and workspace dirs (modules in `root` importable by its kernels); stopped after."""
     port, token = _free_port(), secrets.token_hex(16)
     home = root / "home"
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"),
@@ -89,6 +98,10 @@ def lab(tmp_path_factory):
                JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
                JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    # no "notified about official Jupyter news?" toast over the outputs
+    news = home / "settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True, exist_ok=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     log = open(root / "lab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
@@ -216,7 +229,8 @@ def test_dashboard_in_jupyterlab_shows_what_was_asked_and_survives_a_reload(lab,
     table.first.wait_for(timeout=30000)
     assert table.count() == len(EARLIER)  # the store's earlier trials, all recipes selected
     # select only two recipes (a real <select multiple>), press Run
-    pg.locator(".jp-OutputArea .widget-select-multiple select").select_option(ASKED)
+    pg.locator(".jp-OutputArea .widget-select-multiple select",  # the recipes, not the GPUs
+               has=pg.locator("option", has_text="int8-max")).select_option(ASKED)
     run.click()
     pg.wait_for_function("""() => [...document.querySelectorAll('.jp-OutputArea .widget-html')]
         .some(e => e.textContent.includes('done: 2 trials'))""", timeout=90000)
@@ -259,7 +273,30 @@ def test_dashboard_in_jupyterlab_shows_what_was_asked_and_survives_a_reload(lab,
         '.jp-OutputArea .l4opt-table tbody tr').length === {len(EARLIER)}""", timeout=90000)
     pg.wait_for_function("""() => { const gd = document.querySelector(
         '.jp-OutputArea .js-plotly-plot'); return gd && gd.data && gd.data.length > 0; }""",
-                         timeout=30000)
+                         timeout=60000)  # a shared 2-core machine under load: seen past 30 s
     plotted = dict(_plotted(pg))
     assert sum(n for name, n in plotted.items() if name.endswith("latency")) == len(EARLIER)
-    assert time.time() - t0 < 150
+    pg.screenshot(path=str(ARTIFACTS / "dashboard-lab-restarted.png"), full_page=True)
+    _export_link_opens_the_report_in_a_new_tab(pg)
+    assert time.time() - t0 < 165
+
+
+def _export_link_opens_the_report_in_a_new_tab(pg):
+    """Issue 21 item 8: Export report's message is a link to the server's /files/ URL of the
+    report (not a path JupyterLab would open in its untrusted HTML viewer); clicked, it opens a
+    browser tab where the report's scripts run: the charts drawn, the no-script note gone."""
+    pg.locator(".jp-OutputArea .widget-button", has_text="Export report").click()
+    link = pg.locator(".jp-OutputArea .widget-html a", has_text="report.html")
+    link.wait_for(timeout=60000)
+    assert link.get_attribute("href") == "/files/run/report.html"
+    assert link.get_attribute("target") == "_blank"
+    with pg.context.expect_page(timeout=30000) as opened:
+        link.click()
+    tab = opened.value
+    tab.wait_for_load_state("load", timeout=60000)
+    tab.wait_for_function("document.querySelector('.plotly-graph-div .main-svg')", timeout=60000)
+    assert tab.url.endswith("/files/run/report.html")
+    assert tab.locator("#l4opt-noscript").count() == 0  # removed by the report's own script
+    tab.locator(".plotly-graph-div").first.scroll_into_view_if_needed()
+    tab.screenshot(path=str(ARTIFACTS / "dashboard-lab-report-tab.png"))
+    tab.close()

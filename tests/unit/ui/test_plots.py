@@ -286,6 +286,13 @@ def test_precision_map_orders_layers_and_colours_formats():
     assert any("without an estimate" in a.text for a in fig.layout.annotations)
     assert plots.precision_map([]).layout.annotations[0].text == "no per-layer precision map"
     assert "<MatMul>" not in fig.to_json()
+    # residual/norm options are not layers: the legend counts them apart, as the title does
+    opts = layers + [{"layer": "/a/Add", "format": "int8", "kind": "residual", "order": 4},
+                     {"layer": "/a/LayerNorm", "format": "int8", "kind": "norm", "order": 5}]
+    fig = plots.precision_map(opts)
+    names = [t.name for t in fig.data if t.type == "bar"]
+    assert "INT8 (1 GEMM/conv + 2 other)" in names and "FP8 (1 GEMM/conv)" in names
+    assert "2 of 3 GEMM/conv layers at 8 bits" in fig.layout.title.text
 
 
 def test_search_front_stars_the_chosen_with_bands():

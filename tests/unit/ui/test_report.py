@@ -129,7 +129,7 @@ def test_sections_hold_the_run(report_html):
     assert "none in this run" not in text
     ids = re.findall(r"<h2 id=(\w+)>", text)  # the sections, composed in reading order
     order = ["recommendation", "summary", "calibration", "chart", "mixed", "sensitivity",
-             "lint", "batch", "notes", "provenance"]
+             "lint", "batch", "fleet", "notes", "provenance"]
     assert ids[:2] == ["recommendation", "summary"] and ids == sorted(ids, key=order.index)
     assert {"chart", "mixed", "sensitivity", "lint", "batch", "provenance"} <= set(ids), ids
 
@@ -163,7 +163,7 @@ def test_report_records_its_size(report_html):
     import os
 
     path, _ = report_html
-    d = Path(os.environ.get("L4OPT_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "tests" / "artifacts"))
+    d = Path(os.environ.get("L4OPT_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
     d.mkdir(parents=True, exist_ok=True)
     shutil.copy(path, d / "report.html")
     (d / "report-size.txt").write_text(f"{path.stat().st_size} bytes\n")

@@ -25,7 +25,8 @@ def test_the_report_is_one_function_per_section():
 
     for name in ("_header", "_recommendation_section", "_summary_section", "_not_ok_section",
                  "_trial_details", "_calibration_section", "_chart_section", "_mixed_section",
-                 "_sensitivity_section", "_lint_section", "_batch_section", "_notes_section",
+                 "_sensitivity_section", "_lint_section", "_batch_section", "_fleet_section",
+                 "_notes_section",
                  "_provenance_section"):
         assert callable(getattr(report, name)), name
 
