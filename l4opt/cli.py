@@ -550,6 +550,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the imported rows as JSON")
     s.set_defaults(fn=cmd_import)
 
+    _report_and_plan_verbs(sub)
+
+    for verb in ("playbook", "recipe"):  # `recipe run`: the spelling before 0.2, still taken
+        s = sub.add_parser(verb, help="papermill playbooks: a parameterized notebook + values"
+                           if verb == "playbook" else "renamed: use `l4opt playbook run`")
+        rs = s.add_subparsers(dest="playbook_cmd", required=True)
+        r = rs.add_parser("run", help="execute a playbook YAML with papermill and write its "
+                                      "report")
+        r.add_argument("yaml", help="a playbook file (playbooks/*.yaml)")
+        r.add_argument("--out", default=None, help="run directory (default runs/<name>)")
+        r.set_defaults(fn=cmd_playbook_run)
+    return p
+
+
+def _report_and_plan_verbs(sub) -> None:
+    """`l4opt report` and `l4opt plan`: the two verbs that read a run for a person (the
+    report, with its optional fleet plan) or for a fleet (capacity, GPUs, cost)."""
     s = sub.add_parser("report", help="one self-contained HTML report of a run directory")
     s.add_argument("run_dir")
     s.add_argument("-o", "--output", default=None, help="the HTML file to write (default "
@@ -589,17 +606,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "several")
     s.add_argument("--json", action="store_true", help="print the plan as JSON")
     s.set_defaults(fn=cmd_plan)
-
-    for verb in ("playbook", "recipe"):  # `recipe run`: the spelling before 0.2, still taken
-        s = sub.add_parser(verb, help="papermill playbooks: a parameterized notebook + values"
-                           if verb == "playbook" else "renamed: use `l4opt playbook run`")
-        rs = s.add_subparsers(dest="playbook_cmd", required=True)
-        r = rs.add_parser("run", help="execute a playbook YAML with papermill and write its "
-                                      "report")
-        r.add_argument("yaml", help="a playbook file (playbooks/*.yaml)")
-        r.add_argument("--out", default=None, help="run directory (default runs/<name>)")
-        r.set_defaults(fn=cmd_playbook_run)
-    return p
 
 
 def main(argv=None) -> int:
