@@ -625,7 +625,8 @@ def _fleet_section(pg: _Page) -> list[str]:
                    "unless measured, bands from the estimate; power at TDP unless measured. "
                    "Rows outside the budget or not ok are shown, never recommended.</p>")
         out.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in recommendation(res)) + "</ul>")
-        out.append(html_table(display_table(res), list(display_table(res).columns)))
+        shown = display_table(res)
+        out.append(html_table(shown, list(shown.columns)))
         out.append(pg.fig(cost_accuracy_figure(res)))
         notes = folded_notes(res.table)
         if notes or res.notes:
