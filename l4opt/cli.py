@@ -397,7 +397,7 @@ def cmd_report(a) -> int:
     elif a.qps is not None or a.gpus is not None:
         raise BadInput("--qps and --gpus plan a fleet: give --p99-ms T with them")
     try:
-        print(write_report(a.run_dir, a.output, budget=budget, fleet=fleet))
+        print(write_report(a.run_dir, a.output, budget=budget, fleet=fleet, batch=a.batch))
     except OSError as exc:
         where = exc.filename or a.output or a.run_dir
         raise BadInput(f"cannot write the report to {where}: {exc.strerror or exc}; choose a "
@@ -575,6 +575,9 @@ def _report_and_plan_verbs(sub) -> None:
                    "largest allowed task-metric drop (default 0.01)")
     s.add_argument("--min-cosine", default=None, help="accuracy budget as the smallest "
                    "allowed mean cosine instead")
+    s.add_argument("--batch", type=positive_int, default=None, help="show every sweep trial's "
+                   "L4 latency at this batch (measured there, else estimated on its Q/DQ ONNX; "
+                   "default: each trial's own batch)")
     s.add_argument("--p99-ms", default=None, help="add a fleet plan at this p99 target (ms)")
     s.add_argument("--qps", default=None, help="fleet plan: target traffic (QPS)")
     s.add_argument("--gpus", default=None, help="fleet plan: comma-separated GPUs (default "

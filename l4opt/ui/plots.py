@@ -656,9 +656,10 @@ def lint_shares(lint: dict, title: str | None = None):
 
 def curve_points(curve) -> list[dict]:
     """Normalise a measured batch sweep: rows from `l4opt import` ({batch, latency_ms_median,
-    throughput_samples_s}) or from l4opt.trt.batch_sweep ({batch, gpu_compute_ms: {median}})."""
+    throughput_samples_s}) or from l4opt.trt.batch_sweep ({batch, gpu_compute_ms: {median}}).
+    No sweep (None, or the NaN a DataFrame puts where another row has one) is no points."""
     out = []
-    for c in curve or []:
+    for c in curve if isinstance(curve, (list, tuple)) else []:
         if not isinstance(c, dict):
             continue
         b = _num(c.get("batch"))

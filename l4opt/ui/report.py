@@ -46,8 +46,8 @@ SWEEP_COLUMNS = ["workload", "recipe", "status", "collapsed", "format", "route",
                  "metric_name", "metric", "metric_drop", "cos_mean", "cos_min", "sqnr_db",
                  "drift_backend", "quantized_layers", "gemm_layers", "latency_ms",
                  "latency_low_ms", "latency_high_ms", "latency_batch", "latency_source",
-                 "est_latency_ms", "throughput_samples_s", "throughput_batch", "shapes",
-                 "pareto_here", "error"]
+                 "est_latency_ms", "trial_latency_ms", "trial_latency_batch",
+                 "throughput_samples_s", "throughput_batch", "shapes", "pareto_here", "error"]
 SEARCH_COLUMNS = ["workload", "name", "strategy", "met", "pareto", "eval_samples",
                   "fraction_quantized", "int8_layers", "fp8_layers", "fp16_layers",
                   "metric_drop", "cos_mean", "sqnr_db", "drift_backend", "latency_ms",
@@ -133,6 +133,8 @@ def _sweep_table(df) -> str:
         "latency_low_ms": "estimate band low (ms)",
         "latency_high_ms": "estimate band high (ms)",
         "est_latency_ms": "L4 latency ms (estimated; kept beside a measurement)",
+        "trial_latency_ms": "L4 latency ms at the trial's own batch",
+        "trial_latency_batch": "the trial's own latency batch",
         "throughput_samples_s": "L4 samples/s at throughput_batch (estimated)",
         "pareto_here": "on the Pareto front (drop vs latency)",
         "metric_drop": METRIC_DROP,
@@ -354,6 +356,8 @@ class _Page:
     budget: object = None
     figs: list = dataclasses.field(default_factory=list)
     fleet: dict | None = None   # p99_ms, qps, gpus, instances of the fleet plan, or None
+    batch: int | None = None    # the latency batch shown (the dashboard's); None: each trial's
+    batch_notes: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         import pandas as pd
@@ -361,6 +365,13 @@ class _Page:
         from l4opt.ui import plots
 
         self.run_dir, self.rows = self.data["run_dir"], self.data["rows"]
+        if self.batch is not None:
+            from l4opt.ui.view_model import BatchLatency, rows_at_batch
+
+            sweep = [r for r in self.rows if not isinstance(r.get("strategy"), str)]
+            moved, self.batch_notes = rows_at_batch(sweep, self.batch, BatchLatency(self.run_dir))
+            by_key = {id(a): b for a, b in zip(sweep, moved)}
+            self.rows = [by_key.get(id(r), r) for r in self.rows]
         self.all_df = pd.DataFrame(self.rows)
         df = plots.trials_frame(self.all_df)
         self.df = _with_pareto(df) if len(df) else df
@@ -437,6 +448,13 @@ def _summary_section(pg: _Page) -> list[str]:
 
         sweep = with_speedups(_with_pareto_all(sweep))
         p.append(_summary_table(sweep))
+        if pg.batch is not None:
+            p.append(f"<p class=note>L4 latencies at batch {pg.batch}, as chosen (the "
+                     f"dashboard's <i>latency at batch</i>, or <code>l4opt report --batch</code>"
+                     f"): measured at that batch where the trial's batch sweep has it, else "
+                     f"estimated on its Q/DQ ONNX; each trial's own figure is in the "
+                     f"all-columns table.</p>")
+        p.extend(f"<p class=bad>{e(n)}</p>" for n in pg.batch_notes)
         p.append(_band_sources_note(sweep))
         p.append(_bad_latency_note(sweep[sweep.apply(
             lambda r: rowspec.status(r.to_dict()) in ("ok", "collapsed"), axis=1)]))
@@ -640,14 +658,17 @@ def _provenance_section(pg: _Page) -> list[str]:
     return ["<h2 id=provenance>Provenance</h2>"] + _provenance(pg.rows, pg.data)
 
 
-def build_html(run_dir, title: str | None = None, budget=None, fleet: dict | None = None) -> str:
+def build_html(run_dir, title: str | None = None, budget=None, fleet: dict | None = None,
+               batch: int | None = None) -> str:
     """The report of a run directory as one HTML string; `budget` (default: a task-metric drop
     of at most 0.01) decides the recommendation at the top; `fleet` ({'p99_ms': T, 'qps': N,
-    'gpus': [...], 'instances': [...]}) adds the fleet plan."""
+    'gpus': [...], 'instances': [...]}) adds the fleet plan; `batch` shows every sweep trial's
+    L4 latency at that batch (the dashboard's "latency at batch") instead of at its own."""
     env.require("plotly", "writing reports")
     from plotly.offline import get_plotlyjs
 
-    pg = _Page(load_run(run_dir), budget, fleet=fleet)
+    batch = _batch_arg(batch)
+    pg = _Page(load_run(run_dir), budget, fleet=fleet, batch=batch)
     title = title or f"l4opt report: {pg.run_dir.resolve().name}"
     p: list[str] = []
     for section in (lambda: _header(pg, title), lambda: _recommendation_section(pg),
@@ -751,11 +772,24 @@ def _fmt(v) -> str:
 
 
 
-def write_report(run_dir, out=None, budget=None, fleet: dict | None = None) -> Path:
+def _batch_arg(batch):
+    """The report's latency batch: None (each trial's own) or a whole number >= 1."""
+    if batch is None:
+        return None
+    import numbers
+
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
+        raise BadInput(f"batch={batch!r}: give the latency batch as a whole number >= 1, or "
+                       f"None for each trial's own batch")
+    return int(batch)
+
+
+def write_report(run_dir, out=None, budget=None, fleet: dict | None = None,
+                 batch: int | None = None) -> Path:
     """Write the report of RUN_DIR (default RUN_DIR/report.html) and return its path. `budget`
     ({"max_drop": D}, {"min_cosine": C} or an l4opt Budget; default a task-metric drop of at
-    most 0.01) decides the recommendation at its top."""
-    text = build_html(run_dir, budget=budget, fleet=fleet)
+    most 0.01) decides the recommendation at its top; `batch`, the latency batch shown."""
+    text = build_html(run_dir, budget=budget, fleet=fleet, batch=batch)
     out = Path(out) if out else Path(run_dir) / "report.html"
     if out.is_dir():
         out = out / "report.html"

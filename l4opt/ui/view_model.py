@@ -428,6 +428,32 @@ class BatchLatency:
         return self._cache[key]
 
 
+def rows_at_batch(rows, b: int, latency: BatchLatency) -> tuple[list[dict], list[str]]:
+    """The trial rows with their L4 latency at batch `b` (as the dashboard's batch control shows
+    it: measured at b, the row's own, or an estimate on its Q/DQ ONNX), the trial's own figure
+    kept as trial_latency_ms/trial_latency_batch; and a note per row that has none at b.
+    Rows that did not finish (failed, no-op) keep what they have."""
+    out, missing = [], []
+    for r in rows:
+        if rowspec.status(r) not in ("ok", "collapsed") or r.get("latency_batch") == b:
+            out.append(r)
+            continue
+        lat = latency.at(r, b)
+        new = dict(r, trial_latency_ms=r.get("latency_ms"),
+                   trial_latency_batch=r.get("latency_batch"), latency_ms=lat.ms,
+                   latency_low_ms=lat.low if lat.low is not None else lat.ms,
+                   latency_high_ms=lat.high if lat.high is not None else lat.ms,
+                   latency_source=lat.source, latency_batch=b if lat.ms is not None else None)
+        if lat.ms is None:
+            missing.append(str(r.get("recipe")))
+        elif str(lat.source or "").startswith("measured"):
+            new["latency_band_source"] = "measured: no band"
+        out.append(new)
+    notes = [f"no L4 latency at batch {b} for {', '.join(missing)} (no measurement at that "
+             f"batch and no Q/DQ ONNX to estimate it on)"] if missing else []
+    return out, notes
+
+
 class KnownTrials:
     """The trials a dashboard knows (the run directory's store and this session's), oldest
     first, and the names their recipes carry."""

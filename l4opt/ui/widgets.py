@@ -415,14 +415,15 @@ class Dashboard:
 
     def export_report(self) -> Path | None:
         """Write RUN_DIR/report.html (self-contained, opens offline) with the dashboard's
-        budget as the report's and, once the Fleet plan panel has planned, its fleet plan."""
+        budget and latency batch as the report's and, once the Fleet plan panel has planned,
+        its fleet plan."""
         from l4opt.errors import L4OptError
         from l4opt.ui.report import write_report
         from l4opt.ui.view_model import report_link
 
         try:
             path = write_report(self.run_dir, budget={self.budget_kind.value: self.budget.value},
-                                fleet=self.fleet.settings())
+                                fleet=self.fleet.settings(), batch=int(self.batch.value))
         except L4OptError as exc:
             self.status.value = f"<b style='color:#b00'>{e(str(exc))}</b>"
             return None

@@ -284,7 +284,17 @@ def test_dashboard_in_jupyterlab_shows_what_was_asked_and_survives_a_reload(lab,
 def _export_link_opens_the_report_in_a_new_tab(pg):
     """Issue 21 item 8: Export report's message is a link to the server's /files/ URL of the
     report (not a path JupyterLab would open in its untrusted HTML viewer); clicked, it opens a
-    browser tab where the report's scripts run: the charts drawn, the no-script note gone."""
+    browser tab where the report's scripts run: the charts drawn, the no-script note gone.
+    Item 5: the dashboard's latency batch (set here to 8) is the report's: the same latency
+    cells, the batch said under its summary."""
+    batch = pg.locator(".jp-OutputArea .widget-dropdown select",
+                       has=pg.locator("option", has_text="256"))
+    batch.select_option(label="8")
+    pg.wait_for_function("""() => [...document.querySelectorAll(
+        '.jp-OutputArea .l4opt-table thead th')].some(h => h.textContent.includes('batch 8'))""",
+                         timeout=60000)
+    dash_cells = _latency_cells(pg, ".jp-OutputArea .l4opt-table table")
+    assert len(dash_cells) == len(EARLIER) and all(dash_cells.values()), dash_cells
     pg.locator(".jp-OutputArea .widget-button", has_text="Export report").click()
     link = pg.locator(".jp-OutputArea .widget-html a", has_text="report.html")
     link.wait_for(timeout=60000)
@@ -297,6 +307,19 @@ def _export_link_opens_the_report_in_a_new_tab(pg):
     tab.wait_for_function("document.querySelector('.plotly-graph-div .main-svg')", timeout=60000)
     assert tab.url.endswith("/files/run/report.html")
     assert tab.locator("#l4opt-noscript").count() == 0  # removed by the report's own script
-    tab.locator(".plotly-graph-div").first.scroll_into_view_if_needed()
+    assert _latency_cells(tab, "#summary + .tbl table") == dash_cells
+    assert "L4 latencies at batch 8, as chosen" in tab.inner_text("body")
+    tab.locator("#summary").scroll_into_view_if_needed()
     tab.screenshot(path=str(ARTIFACTS / "dashboard-lab-report-tab.png"))
     tab.close()
+
+
+def _latency_cells(pg, table: str) -> dict:
+    """{recipe: the L4 latency cell's text} of the first table matching `table`."""
+    return dict(pg.evaluate("""(sel) => {
+        const t = document.querySelector(sel);
+        const heads = [...t.querySelectorAll('thead th')].map(h => h.textContent);
+        const i = heads.findIndex(h => h.startsWith('L4 latency'));
+        return [...t.querySelectorAll('tbody tr')].map(tr => {
+            const td = tr.querySelectorAll('td'); return [td[0].textContent, td[i].textContent];
+        }); }""", table))

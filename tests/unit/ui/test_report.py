@@ -40,6 +40,7 @@ def report_run(tmp_path_factory, trtexec_dir):
     from l4opt.precision.api import Budget
     from l4opt.precision.sensitivity import SensitivityResult
     from l4opt.results.store import Store
+    from l4opt.spec.row import measured_update
 
     d = tmp_path_factory.mktemp("report-run")
     l4opt.sweep("digits-cnn", "baseline,fp8,int8-max", d, progress=False)
@@ -63,10 +64,10 @@ def report_run(tmp_path_factory, trtexec_dir):
     (d / "sensitivity" / "hostile.json").write_text(json.dumps(hostile.to_dict()))
     store = Store(d)
     row = next(r for r in store.rows() if r.get("recipe") == "int8-max")
-    store.update(row["key"], est_latency_ms=row["latency_ms"],
-                 est_latency_source=row["latency_source"], latency_ms=0.021,
-                 latency_batch=1, latency_source="measured-l4", latency_gpu="NVIDIA L4",
-                 batch_sweep=MEASURED_CURVE)
+    # a measurement as the import writes it (the estimate moves beside it; no band of its own)
+    store.update(row["key"], **measured_update(row, {
+        "latency_ms": 0.021, "latency_batch": 1, "latency_source": "measured-l4",
+        "latency_gpu": "NVIDIA L4", "batch_sweep": MEASURED_CURVE}))
     store.close()
     return d
 
@@ -370,3 +371,43 @@ def json_rows(run_dir):
     from l4opt.results.rundir import load_run
 
     return load_run(run_dir)["rows"]
+
+
+def test_the_report_shows_latency_at_the_dashboards_batch(report_run, tmp_path):
+    """Issue 21 item 5: the dashboard's 'latency at batch' travels into the exported report:
+    every sweep trial's L4 latency there is the dashboard's at that batch (measured where the
+    trial's batch sweep has it, else estimated on its ONNX), the trial's own figure kept; a bad
+    batch is refused with what to give."""
+    from l4opt.errors import BadInput
+    from l4opt.ui.report import _Page, build_html, load_run
+    from l4opt.ui.view_model import DashboardModel
+
+    recipes = ("baseline", "fp8", "int8-max")
+    own = {r["recipe"]: r for r in load_run(report_run)["rows"] if r.get("recipe") in recipes
+           and not isinstance(r.get("strategy"), str)}
+    for b in (1, 8):
+        m = DashboardModel(report_run, "digits-cnn", recipes, batch=b)
+        m.load_store()
+        dash = m.frame()
+        shown = dict(zip(dash["recipe"], dash["dash_latency_ms"]))
+        rows = {r["recipe"]: r for r in _Page(load_run(report_run), batch=b).rows
+                if r.get("recipe") in recipes and not isinstance(r.get("strategy"), str)}
+        for rc in recipes:
+            assert rows[rc]["latency_ms"] == pytest.approx(shown[rc], rel=1e-12), (b, rc)
+            assert rows[rc]["latency_batch"] == b
+            if own[rc]["latency_batch"] != b:
+                assert rows[rc]["trial_latency_ms"] == own[rc]["latency_ms"]
+    # int8-max is measured at batch 1 and 8 (its batch sweep): measured there, no band
+    r8 = rows["int8-max"]
+    assert r8["latency_ms"] == 0.026 and r8["latency_source"] == "measured-l4"
+    assert r8["latency_low_ms"] == r8["latency_high_ms"] == 0.026
+    assert rows["baseline"]["latency_source"].startswith("estimated")
+    assert rows["baseline"]["latency_low_ms"] < rows["baseline"]["latency_ms"] \
+        < rows["baseline"]["latency_high_ms"]
+    text = build_html(report_run, batch=8)
+    summary = text.split("<h2 id=summary>", 1)[1].split("<details>", 1)[0]
+    assert "L4 latencies at batch 8, as chosen" in summary
+    assert "0.026" in summary and "0.021" not in summary.split("<p", 1)[0]
+    for bad in (0, 2.5, "8", True):
+        with pytest.raises(BadInput, match="whole number >= 1"):
+            build_html(report_run, batch=bad)
