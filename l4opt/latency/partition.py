@@ -141,7 +141,7 @@ class Partition(KernelList):
                 continue
             key = node_id(n)
             if key in self.mha_of:
-                self._mha(n, key)
+                place_mha(self, n, key)
             elif op in SHAPE_OPS:
                 self._shape_op(n, key)
             elif op in COMPUTE:
@@ -151,7 +151,7 @@ class Partition(KernelList):
             elif op in POINTWISE or is_qdq_op(op):
                 self._pointwise(n, key)
             elif op in RECURRENT and n.domain in ("", "ai.onnx"):
-                self._recurrent(n, key)
+                place_recurrent(self, n, key)
             elif op in REDUCE:
                 src = self.src_kernel(n, kinds=("norm",))
                 if src is None:
@@ -164,29 +164,6 @@ class Partition(KernelList):
                 kind = "pool" if "Pool" in op else "other"
                 self.place(n, key, self.new(Kernel(key, kind, self.fp, ops=[op])))
         return self
-
-    def _mha(self, n, key) -> None:
-        gi = self.mha_of[key]
-        if gi not in self.mha_kernel:
-            self.mha_kernel[gi] = self.new(mha_kernel(self.t, self.mha_groups[gi], self.g.sms))
-        k = self.mha_kernel[gi]
-        self.ks[k].ops.append(n.op_type)
-        self.place(n, key, k)
-
-    def _recurrent(self, n, key) -> None:
-        """LSTM/GRU/RNN: one kernel per time step and direction (recurrent.py)."""
-        steps = recurrent_steps(self.t, n, key, self.g, self.fp, self.facts)
-        if steps is None:  # shapes unknown: one kernel of unknown work, as any other op
-            self.place(n, key, self.new(Kernel(key, "other", self.fp, ops=[n.op_type])))
-            return
-        for kern, ev in steps:
-            k = self.new(kern)
-            self.extra_events[k] = ev
-            if kern.kind in TC_KINDS:
-                self.facts["tc_kernels"][kern.precision] = \
-                    self.facts["tc_kernels"].get(kern.precision, 0) + 1
-        self.own_reads.add(key)
-        self.place(n, key, k)  # the last step writes the node's outputs
 
     def _shape_op(self, n, key) -> None:
         op, t = n.op_type, self.t
@@ -263,3 +240,28 @@ class Partition(KernelList):
             k = src
             self.ks[k].ops.append(op)
         self.place(n, key, k)
+
+
+def place_mha(p: Partition, n, key) -> None:
+    """A node of a fused attention block: into the block's one MHA kernel (attention.py)."""
+    gi = p.mha_of[key]
+    if gi not in p.mha_kernel:
+        p.mha_kernel[gi] = p.new(mha_kernel(p.t, p.mha_groups[gi], p.g.sms))
+    k = p.mha_kernel[gi]
+    p.ks[k].ops.append(n.op_type)
+    p.place(n, key, k)
+
+
+def place_recurrent(p: Partition, n, key) -> None:
+    """LSTM/GRU/RNN: one kernel per time step and direction (recurrent.py)."""
+    steps = recurrent_steps(p.t, n, key, p.g, p.fp, p.facts)
+    if steps is None:  # shapes unknown: one kernel of unknown work, as any other op
+        p.place(n, key, p.new(Kernel(key, "other", p.fp, ops=[n.op_type])))
+        return
+    for kern, ev in steps:
+        k = p.new(kern)
+        p.extra_events[k] = ev
+        if kern.kind in TC_KINDS:
+            p.facts["tc_kernels"][kern.precision] = p.facts["tc_kernels"].get(kern.precision, 0) + 1
+    p.own_reads.add(key)
+    p.place(n, key, k)  # the last step writes the node's outputs
