@@ -48,8 +48,8 @@ class Fitted:
     """Constants and the relative-error band that goes with them."""
 
     constants: Constants
-    q_low: float            # 10th percentile of (estimate - truth) / truth over held-out rows
-    q_high: float           # 90th percentile
+    q_low: float            # low end of (estimate - truth) / truth over held-out rows (l4_fit.json
+    q_high: float           # says which: family held out, worst each side; a refit: 10th/90th)
     source: str             # what the band was measured on
     costmodel_version: int | None = None  # COSTMODEL_VERSION the fit was made with
     # held-out errors of the rows that validate each kind of work (costmodel.validation_kinds):
@@ -285,9 +285,10 @@ def _finish(ks: list, g: GPUSpec, batch: int, notes: list, fit: Fitted,
         notes.append(f"FP8 tensor-core efficiency fitted ({c.tcf8_eff:.3f}; INT8 {c.tc8_eff:.3f})")
     elif "fp8_gemm" in kinds and not (fit.kind_errors.get("fp8_gemm") or {}).get("evidence"):
         notes.append(costmodel.FP8_EVIDENCE["gemm"])  # else the band's reason cites it
-    q_lo, conv_note = _fp8_conv_slow_side(ks, kl, comp, mem, c, g, total, q_lo)
-    if conv_note:
-        widened = f"{widened}; {conv_note}" if widened else conv_note
+    for kinds_, key in ((("conv",), "conv"), (("gemm", "bmm"), "gemm_slow")):
+        q_lo, slow_note = _fp8_slow_side(ks, kl, comp, mem, c, g, total, q_lo, kinds_, key)
+        if slow_note:
+            widened = f"{widened}; {slow_note}" if widened else slow_note
     low, high = fit.band(total, q_lo, q_hi)
     src = fit.source if g.name == "L4" else f"{fit.source}; NOT validated on {g.name}"
     if widened:
@@ -301,11 +302,12 @@ def _finish(ks: list, g: GPUSpec, batch: int, notes: list, fit: Fitted,
                     notes, low, high, src, c.to_dict())
 
 
-def _fp8_conv_slow_side(ks, kl, comp, mem, c: Constants, g: GPUSpec, total: float,
-                        q_lo: float) -> tuple[float, str]:
-    """(q_low, why): the band's slow side stretched to the graph with its FP8 convs at FP16
-    speed, which is what the one Ada measurement of FP8 convs showed (FP8_EVIDENCE["conv"])."""
-    idx = [i for i, k in enumerate(ks) if k.kind == "conv" and kl[i] == costmodel.KLASS_FP8]
+def _fp8_slow_side(ks, kl, comp, mem, c: Constants, g: GPUSpec, total: float, q_lo: float,
+                   kinds=("conv",), evidence: str = "conv") -> tuple[float, str]:
+    """(q_low, why): the band's slow side stretched to the graph with its FP8 kernels of `kinds`
+    at FP16 speed, which is what the Ada evidence FP8_EVIDENCE[evidence] showed for them (FP8
+    convs on an RTX 4090; NVIDIA's FP8 BERT engine on an L4)."""
+    idx = [i for i, k in enumerate(ks) if k.kind in kinds and kl[i] == costmodel.KLASS_FP8]
     if not idx or not g.fp8:
         return q_lo, ""
     comp2, kl2 = comp.copy(), kl.copy()
@@ -315,9 +317,10 @@ def _fp8_conv_slow_side(ks, kl, comp, mem, c: Constants, g: GPUSpec, total: floa
     if alt <= total:
         return q_lo, ""
     q = (1 + q_lo) * total / alt - 1
+    what = "conv" if kinds == ("conv",) else "GEMM"
     return min(q_lo, q), (f"band's slow side widened to {_fmt(total / (1 + min(q_lo, q)))} ms: "
-                          f"{len(idx)} FP8 conv kernel(s) would take the graph to {_fmt(alt)} ms "
-                          f"at FP16 speed; {costmodel.FP8_EVIDENCE['conv']}")
+                          f"{len(idx)} FP8 {what} kernel(s) would take the graph to {_fmt(alt)} ms "
+                          f"at FP16 speed; {costmodel.FP8_EVIDENCE[evidence]}")
 
 
 def _precision_notes(facts: dict, gpu: GPUSpec) -> list[str]:

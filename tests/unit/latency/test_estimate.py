@@ -235,8 +235,14 @@ def test_fp8_estimates_carry_the_evidence_band_and_say_where_it_comes_from():
     f8 = estimate.estimate_onnx(_mlp(True, TensorProto.FLOAT8E4M3FN), "L4", batch=512, fit=fit)
     i8 = estimate.estimate_onnx(_mlp(True), "L4", batch=512, fit=fit)
     assert f8.total_ms == pytest.approx(i8.total_ms)  # tied efficiency, same rules on a GEMM
-    assert f8.high_ms == pytest.approx(f8.total_ms / 0.7) and f8.low_ms == pytest.approx(f8.total_ms / 1.5)
+    assert f8.low_ms == pytest.approx(f8.total_ms / 1.5)
     assert "the sm_89 pairs" in f8.band_source and "FP8 tensor-core work" in f8.band_source
+    # FP8 GEMMs: the slow side reaches the graph with them at FP16 speed, citing NVIDIA's L4
+    # BERT engine configured use_fp8 that ran at its FP16 engine's speed
+    assert "use_fp8=True" in f8.band_source and "FP8 GEMM kernel(s)" in f8.band_source
+    assert "use_fp8" not in i8.band_source
+    f16 = estimate.estimate_onnx(_mlp(False), "L4", batch=512, fit=fit)
+    assert f8.high_ms >= max(f8.total_ms / 0.7, f16.total_ms / 0.7) * 0.99
     assert any("the sm_89 pairs" in n for n in f8.notes) and "sm_89" not in i8.band_source
     shipped = estimate.estimate_onnx(_mlp(True, TensorProto.FLOAT8E4M3FN), "L4", batch=512)
     assert "NOT fitted" in shipped.band_source and shipped.high_ms > shipped.total_ms / (1 + base.q_low)
