@@ -33,8 +33,6 @@ class OnnxStudy:
     def __init__(self, workload: Workload, recipe: Recipe, eval_samples: int | None,
                  progress: bool, workdir, *, mixed: bool = True, screen: int | None = None,
                  batch: int | None = None, dims: dict | None = None, tty=None):
-        from l4opt.pipeline.export import export_options, export_torch
-        from l4opt.pipeline.quantize import calibrate
         from l4opt.spec.shapes import for_workload
 
         if recipe.route != "onnx-ptq":
@@ -61,18 +59,7 @@ class OnnxStudy:
                         workload.metric(one_output(ref_s), one_output(ref_s), lab))
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        base = self.workdir / "model.fp32.onnx"
-        t = time.perf_counter()
-        opts = export_options(workload.export)  # as the sweep exports it
-        export_torch(workload.module(), workload, base, batch=self.shapes.batch,
-                     opset=opts["opset"], exporter=opts["exporter"])
-        self.timings["export"] = time.perf_counter() - t
-        formats = [self.format] + ([other_format(self.format)] if mixed else [])
-        t = time.perf_counter()
-        self.graphs, self.infos = calibrate(base, self.workdir, self.recipe,
-                                            workload.calib_data, formats, shapes=self.shapes)
-        self.calib_s = self.timings["calibrate"] = time.perf_counter() - t
-        self.qg = self.graphs[self.format]
+        export_and_calibrate(self, mixed)
         self.formats = list(self.graphs)
         self.evaluations = 0
         self.screenings = 0
@@ -152,6 +139,27 @@ class OnnxStudy:
         self._cache[key] = m
         return m
 
+
+
+def export_and_calibrate(st: OnnxStudy, mixed: bool) -> None:
+    """The study's FP32 export (as the sweep exports it) and ModelOpt ONNX PTQ of it in the
+    recipe's format (and the other 8-bit format when `mixed`): st.graphs, st.infos, st.qg."""
+    from l4opt.pipeline.export import export_options, export_torch
+    from l4opt.pipeline.quantize import calibrate
+
+    w = st.w
+    base = st.workdir / "model.fp32.onnx"
+    t = time.perf_counter()
+    opts = export_options(w.export)
+    export_torch(w.module(), w, base, batch=st.shapes.batch, opset=opts["opset"],
+                 exporter=opts["exporter"])
+    st.timings["export"] = time.perf_counter() - t
+    formats = [st.format] + ([other_format(st.format)] if mixed else [])
+    t = time.perf_counter()
+    st.graphs, st.infos = calibrate(base, st.workdir, st.recipe, w.calib_data, formats,
+                                    shapes=st.shapes)
+    st.calib_s = st.timings["calibrate"] = time.perf_counter() - t
+    st.qg = st.graphs[st.format]
 
 
 def price(st: OnnxStudy, model) -> dict:
