@@ -317,6 +317,17 @@ def targets_section(table, others, pairs, coverage) -> dict:
     return res
 
 
+def new_family_band(table, others) -> tuple[float, float]:
+    """The shipped band: the worst family-held-out error on each side over the fitted rows and
+    the other systems' rows (MaxQ left out), widened to contain 0. A user's model is of a family
+    the fit has not seen, so this is the error that applies to it; taking the worst (not the
+    10th/90th percentile) puts every published row inside the band of its family-held-out
+    estimate, as the issue asks, at the price of a wide band while two families are fitted."""
+    errs = [t["lofo_error"] for t in table if t["kind"] == "abs"]
+    errs += [o["lofo_error"] for o in others if not o["maxq"]]
+    return min(0.0, float(min(errs))), max(0.0, float(max(errs)))
+
+
 def fp8_kind_errors(q_lo: float, q_high: float) -> dict | None:
     """The FP8 band's bounds from evidence, not L4 rows: the INT8 band compounded with the
     error of pricing FP8 as INT8 on the counted sm_89 FP8/INT8 pairs (l4opt/data/l4_pairs.csv)."""
@@ -331,8 +342,8 @@ def fp8_kind_errors(q_lo: float, q_high: float) -> dict | None:
     hi = (1 + q_high) * (1 + max(0.0, max(errs))) - 1
     uncounted = [p for p in paired.pairs_table() if p["precision_a"] == "fp8"
                  and p["gpu"] == "L4" and str(p.get("in_band")).lower() != "yes"]
-    extra = "".join(f"; not counted: {p['id']} {p['ratio']:.2f}x (precision not verified)"
-                    for p in uncounted)
+    extra = "".join(f"; not counted: {p['id']} {p['ratio']:.2f}x (FP8 configured, not "
+                    f"established: it ran at FP16 speed)" for p in uncounted)
     ev = (f"{costmodel.FP8_EVIDENCE['gemm']} ({', '.join(p['id'] for p in prs)}: pricing FP8 as "
           f"INT8 errs {100 * min(errs):+.1f}%..{100 * max(errs):+.1f}%), compounded with the INT8 "
           f"band{extra}")
@@ -384,6 +395,8 @@ def write_fit(c_all, table, meta, q_lo, q_hi, kind_errors, extra) -> None:
     labels = [t["row"] for t in table if t["kind"] == "abs"]
     n_pairs = sum(1 for m in meta if m["kind"] == "ratio")
     med = float(np.median(np.abs(abs_err)))
+    every = extra["targets"]["fitted + other systems' rows"]
+    fam_lo, fam_hi = extra["in_family"]
     out = {"schema_version": 1, "created": dt.date.today().isoformat(),
            "costmodel": costmodel.COSTMODEL_VERSION, "constants": c_all.to_dict(),
            "constants_fitted_on": {
@@ -392,13 +405,20 @@ def write_fit(c_all, table, meta, q_lo, q_hi, kind_errors, extra) -> None:
                "tcf8_eff": "FP8: not fitted (null = tied to tc8_eff); " + costmodel.FP8_EVIDENCE["gemm"]
                if c_all.tcf8_eff is None else "FP8: fitted on FP8 rows",
                "mem_eff": "all rows", "kernel_us": "all rows"},
-           "band": {"q_low": q_lo, "q_high": q_hi, "quantiles": list(estimate.BAND_QUANTILES),
-                    "source": f"leave-one-group-out over {len(abs_err)} published L4 rows "
-                              f"(l4opt/data/l4_truth.csv): 10th-90th percentile of relative "
-                              f"error; median |error| {100 * med:.0f}% (leave-one-family-out: "
-                              f"{100 * extra['targets']['fitted rows']['median']:.0f}%, "
-                              f"benchmarks/bench_estimate.py)",
-                    "n": int(len(abs_err))},
+           "band": {"q_low": q_lo, "q_high": q_hi, "quantiles": "worst each side",
+                    "source": f"leave-one-model-family-out over {every['n']} published "
+                              f"one-L4 rows ({len(abs_err)} fitted, {every['n'] - len(abs_err)} "
+                              f"other systems', MaxQ left out; l4opt/data/l4_truth.csv): the worst relative error each "
+                              f"side, so every one lies inside its band (median |error| "
+                              f"{100 * every['median']:.0f}%;"
+                              f" within a fitted family, leave-one-group-out: median "
+                              f"{100 * med:.0f}%, 10th-90th percentile "
+                              f"{100 * fam_lo:+.0f}%..{100 * fam_hi:+.0f}%;"
+                              f" benchmarks/bench_estimate.py)",
+                    "n": int(every["n"]),
+                    "in_family": {"q_low": fam_lo, "q_high": fam_hi,
+                                  "quantiles": list(estimate.BAND_QUANTILES),
+                                  "n": int(len(abs_err))}},
            "kind_errors": kind_errors, "loo": table,
            "summary": {"median_abs_error": med, "worst_row": labels[worst_i],
                        "worst_error": float(abs_err[worst_i]),
@@ -482,9 +502,15 @@ def main() -> None:
     for fam, c in sorted(lofo_c.items()):
         print(f"  constants with family {fam} held out: "
               + ", ".join(f"{k} {v:.3g}" for k, v in c.to_dict().items() if v is not None))
-    q_lo, q_hi = costmodel.band_quantiles(abs_logo, *estimate.BAND_QUANTILES)
-    print(f"band from LOGO errors (10th/90th percentile): {100 * q_lo:+.1f}% / {100 * q_hi:+.1f}% "
-          f"-> an estimate E means truth in [E/{1 + q_hi:.2f}, E/{1 + q_lo:.2f}]")
+    in_family = costmodel.band_quantiles(abs_logo, *estimate.BAND_QUANTILES)
+    print(f"in-family band (LOGO errors, 10th/90th percentile): {100 * in_family[0]:+.1f}% / "
+          f"{100 * in_family[1]:+.1f}%: what a model of a family the fit has seen would get")
+    others = other_system_rows(truth, meta, feats, cache, progress)
+    by = family_sections(table, others, c_all, lofo_c)  # sets each other row's lofo_error
+    q_lo, q_hi = new_family_band(table, others)
+    print(f"shipped band (family held out, worst each side over the fitted and other systems' "
+          f"rows): {100 * q_lo:+.1f}% / {100 * q_hi:+.1f}% -> an estimate E means truth in "
+          f"[E/{1 + q_hi:.2f}, E/{1 + q_lo:.2f}]")
     kind_errors = kind_errors_of(table)
     fp8 = fp8_kind_errors(q_lo, q_hi)
     if fp8:
@@ -493,8 +519,6 @@ def main() -> None:
         print(f"graphs with {k}: band bounds {[f'{100 * e:+.1f}%' for e in ke['errors']]} from "
               f"{ke['rows']}" + (f"\n    evidence: {ke['evidence']}" if ke.get("evidence") else ""))
 
-    others = other_system_rows(truth, meta, feats, cache, progress)
-    by = family_sections(table, others, c_all, lofo_c)
     spread = spread_section(truth)
     fit = estimate.Fitted(c_all, q_lo, q_hi, "this run", costmodel.COSTMODEL_VERSION, kind_errors)
     coverage = coverage_section(table, others, fit)
@@ -515,7 +539,7 @@ def main() -> None:
                       for o in others]
         write_fit(c_all, table, meta, q_lo, q_hi, kind_errors,
                   {"targets": targets, "by": by, "others": others_out, "spread": spread,
-                   "cost": cost})
+                   "cost": cost, "in_family": in_family})
 
     if not a.no_minilm:
         minilm_section(cache, progress)

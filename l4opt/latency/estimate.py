@@ -94,16 +94,20 @@ class Fitted:
                            f"(-50%/+100%)")
                 continue
             m = max(abs(e) for e in errs)
-            if -m >= self.q_low and m <= self.q_high:
-                continue  # the general band already covers this kind's held-out error
-            lo, hi = min(lo, -m), max(hi, m)
-            by_rows.setdefault((tuple(ke.get("rows") or []), m), []).append(word)
-        for (rows, m), words in by_rows.items():
+            covered = -m >= self.q_low and m <= self.q_high  # the general band holds it
+            if not covered:
+                lo, hi = min(lo, -m), max(hi, m)
+            by_rows.setdefault((tuple(ke.get("rows") or []), m, covered), []).append(word)
+        for (rows, m, covered), words in by_rows.items():
             ratios = rows and all("/" in r for r in rows)
             what = (f"only by {len(rows)} speed-up ratio{'s' if len(rows) > 1 else ''}"
                     if ratios else f"by {len(rows)} truth row(s)")
-            why.append(f"band widened: {' and '.join(words)} validated {what} "
-                       f"({'; '.join(rows[:3])}), held-out error up to {100 * m:.0f}%")
+            if covered and not ratios:
+                continue  # validated by absolute rows, inside the band: nothing to say
+            head = "validation thin" if covered else "band widened"
+            tail = ", inside the band" if covered else ""
+            why.append(f"{head}: {' and '.join(words)} validated {what} "
+                       f"({'; '.join(rows[:3])}), held-out error up to {100 * m:.0f}%{tail}")
         return lo, hi, "; ".join(why)
 
 
@@ -285,10 +289,9 @@ def _finish(ks: list, g: GPUSpec, batch: int, notes: list, fit: Fitted,
         notes.append(f"FP8 tensor-core efficiency fitted ({c.tcf8_eff:.3f}; INT8 {c.tc8_eff:.3f})")
     elif "fp8_gemm" in kinds and not (fit.kind_errors.get("fp8_gemm") or {}).get("evidence"):
         notes.append(costmodel.FP8_EVIDENCE["gemm"])  # else the band's reason cites it
-    for kinds_, key in ((("conv",), "conv"), (("gemm", "bmm"), "gemm_slow")):
-        q_lo, slow_note = _fp8_slow_side(ks, kl, comp, mem, c, g, total, q_lo, kinds_, key)
-        if slow_note:
-            widened = f"{widened}; {slow_note}" if widened else slow_note
+    q_lo, slow_note = _fp8_slow_side(ks, kl, comp, mem, c, g, total, q_lo)
+    if slow_note:
+        widened = f"{widened}; {slow_note}" if widened else slow_note
     low, high = fit.band(total, q_lo, q_hi)
     src = fit.source if g.name == "L4" else f"{fit.source}; NOT validated on {g.name}"
     if widened:
@@ -302,12 +305,17 @@ def _finish(ks: list, g: GPUSpec, batch: int, notes: list, fit: Fitted,
                     notes, low, high, src, c.to_dict())
 
 
-def _fp8_slow_side(ks, kl, comp, mem, c: Constants, g: GPUSpec, total: float, q_lo: float,
-                   kinds=("conv",), evidence: str = "conv") -> tuple[float, str]:
-    """(q_low, why): the band's slow side stretched to the graph with its FP8 kernels of `kinds`
-    at FP16 speed, which is what the Ada evidence FP8_EVIDENCE[evidence] showed for them (FP8
-    convs on an RTX 4090; NVIDIA's FP8 BERT engine on an L4)."""
-    idx = [i for i, k in enumerate(ks) if k.kind in kinds and kl[i] == costmodel.KLASS_FP8]
+# kinds of FP8 kernel that Ada evidence shows running no faster than FP16 (costmodel.FP8_EVIDENCE)
+FP8_SLOW_KINDS = {"conv": ("conv", "conv"), "gemm": ("GEMM", "gemm_slow"),
+                  "bmm": ("GEMM", "gemm_slow")}
+
+
+def _fp8_slow_side(ks, kl, comp, mem, c: Constants, g: GPUSpec, total: float,
+                   q_lo: float) -> tuple[float, str]:
+    """(q_low, why): the band's slow side stretched to the graph with its FP8 convs and GEMMs
+    at FP16 speed, which is what the Ada evidence showed for them (FP8 convs on an RTX 4090,
+    TensorRT#4081; NVIDIA's FP8-configured BERT engine on an L4), citing each."""
+    idx = [i for i, k in enumerate(ks) if k.kind in FP8_SLOW_KINDS and kl[i] == costmodel.KLASS_FP8]
     if not idx or not g.fp8:
         return q_lo, ""
     comp2, kl2 = comp.copy(), kl.copy()
@@ -316,11 +324,14 @@ def _fp8_slow_side(ks, kl, comp, mem, c: Constants, g: GPUSpec, total: float, q_
     alt = float(costmodel.kernel_ms(kl2, comp2, mem, c).sum())
     if alt <= total:
         return q_lo, ""
-    q = (1 + q_lo) * total / alt - 1
-    what = "conv" if kinds == ("conv",) else "GEMM"
-    return min(q_lo, q), (f"band's slow side widened to {_fmt(total / (1 + min(q_lo, q)))} ms: "
-                          f"{len(idx)} FP8 {what} kernel(s) would take the graph to {_fmt(alt)} ms "
-                          f"at FP16 speed; {costmodel.FP8_EVIDENCE[evidence]}")
+    q = min(q_lo, (1 + q_lo) * total / alt - 1)
+    counts: dict = {}
+    for i in idx:
+        counts[FP8_SLOW_KINDS[ks[i].kind]] = counts.get(FP8_SLOW_KINDS[ks[i].kind], 0) + 1
+    what = " and ".join(f"{n} FP8 {word} kernel(s)" for (word, _), n in counts.items())
+    why = "; ".join(costmodel.FP8_EVIDENCE[key] for _, key in counts)
+    return q, (f"band's slow side widened to {_fmt(total / (1 + q))} ms: {what} would take the "
+               f"graph to {_fmt(alt)} ms at FP16 speed; {why}")
 
 
 def _precision_notes(facts: dict, gpu: GPUSpec) -> list[str]:

@@ -414,9 +414,8 @@ class Dashboard:
         self.runner.wait(timeout)
 
     def export_report(self) -> Path | None:
-        """Write RUN_DIR/report.html (self-contained, opens offline) with the dashboard's
-        budget and latency batch as the report's and, once the Fleet plan panel has planned,
-        its fleet plan."""
+        """Write RUN_DIR/report.html (self-contained, offline) with the dashboard's budget,
+        latency batch and, once the Fleet plan panel has planned, its fleet plan."""
         from l4opt.errors import L4OptError
         from l4opt.ui.report import write_report
         from l4opt.ui.view_model import report_link

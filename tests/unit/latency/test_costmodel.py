@@ -277,7 +277,7 @@ def _encoder_block(int8: bool):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
 
 
-def test_fp16_transformer_band_is_wider_than_an_int8_cnn_band():
+def test_fp16_transformer_band_holds_the_ratios_held_out_error_and_says_so():
     """The absolute truth rows are INT8 CNNs; FP16 GEMMs and attention are validated only
     through the BERT INT8/FP16 ratio, so their band is at least that row's held-out error."""
     cnn = estimate.estimate_onnx(_conv_net(I8), "L4", batch=8)
@@ -287,13 +287,18 @@ def test_fp16_transformer_band_is_wider_than_an_int8_cnn_band():
     def rel(e):
         return (e.high_ms - e.low_ms) / e.total_ms
 
-    assert rel(fp16) > rel(cnn) * 1.1, (rel(fp16), rel(cnn))
-    assert "band widened" in fp16.band_source and "FP16 GEMMs" in fp16.band_source
-    assert "ratio" in fp16.band_source and any("band widened" in n for n in fp16.notes)
-    assert "band widened" not in cnn.band_source and not any("widened" in n for n in cnn.notes)
+    assert rel(fp16) >= rel(cnn) * (1 - 1e-9), (rel(fp16), rel(cnn))
+    m = max(abs(e) for e in estimate.fitted().kind_errors["fp16_gemm"]["errors"])
+    assert fp16.high_ms >= fp16.total_ms / (1 - m) * 0.999  # holds the ratio's held-out error
+    # the family-held-out band already holds it: the band says how thinly FP16 is validated
+    word = "band widened" if estimate.fitted().q_low > -m else "validation thin"
+    assert word in fp16.band_source and "FP16 GEMMs" in fp16.band_source
+    assert "ratio" in fp16.band_source and any(word in n for n in fp16.notes)
+    assert "widened" not in cnn.band_source and "validation thin" not in cnn.band_source
+    assert not any("widened" in n or "validation thin" in n for n in cnn.notes)
     # the INT8 block has no FP16 GEMMs, but its attention is still validated by the ratio only
     assert "attention" in int8.band_source and "FP16 GEMMs" not in int8.band_source
-    assert rel(int8) > rel(cnn)
+    assert rel(int8) >= rel(cnn) * (1 - 1e-9)  # the family-held-out band already holds it
     # the truth lies outside the CNN band by as much as the ratio's held-out error: covered
     fit = estimate.fitted()
     worst = max(abs(e) for e in fit.kind_errors["fp16_gemm"]["errors"])
