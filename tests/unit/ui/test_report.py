@@ -157,6 +157,14 @@ def test_cli_report_and_bad_run_dir(report_run, tmp_path, capsys):
         write_report(tmp_path / "nothing-here")
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
     assert not (tmp_path / "nothing-here").exists()  # nothing created on the way
+    # --batch: the latency batch shown; a bad one exits 2 naming the flag
+    at8 = tmp_path / "at8.html"
+    assert main(["report", str(report_run), "-o", str(at8), "--batch", "8"]) == 0
+    assert "L4 latencies at batch 8, as chosen" in at8.read_text(encoding="utf-8")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(report_run), "--batch", "0"])
+    assert exc.value.code == 2 and "--batch" in capsys.readouterr().err
 
 
 def test_report_records_its_size(report_html):
