@@ -28,6 +28,7 @@ from pathlib import Path
 from l4opt.errors import BadInput
 from l4opt.fleet import costs, queueing
 from l4opt.latency import hardware
+from l4opt.spec import row as rowspec
 
 COLUMNS = [
     "workload", "recipe", "gpu", "status", "meets_budget", "recommended", "runs_as",
@@ -370,7 +371,14 @@ def plan(run_dir=None, *, onnx=None, qps=None, p99_ms, gpus=("L4",), prices=None
                                                        cand["usd_per_million"])
             order = cand.assign(_k=key.astype(float).fillna(math.inf),
                                 _q=-cand["max_qps_per_gpu"].astype(float))
-            best = order.sort_values(["_k", "_q"], kind="stable").iloc[0]
+            order = order.sort_values(["_k", "_q"], kind="stable")
+            # USD per million (one GPU's price: all known or none), else inverse capacity
+            spend = list(order["_k"]) if math.isfinite(order["_k"].iloc[0]) else \
+                [1.0 / q if q > 0 else math.inf for q in -order["_q"]]
+            drifts = [(_finite(d, math.inf), -_finite(c, -math.inf))
+                      for d, c in zip(order["metric_drop"], order["cos_mean"])]
+            best = order.iloc[rowspec.least_drift_among_tied(spend, drifts)
+                              if math.isfinite(spend[0]) else 0]
             recommended[g] = best["recipe"]
     df["recommended"] = [recommended.get(r.gpu) == r.recipe and bool(r.recommendable)
                          for r in df.itertuples()]
@@ -638,3 +646,10 @@ def cost_accuracy_figure(res: PlanResult, *, y: str = "metric_drop", x: str = "u
     return fig
 
 
+def _finite(v, default: float) -> float:
+    """v as a float, `default` when it is missing or NaN."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return default
+    return f if f == f else default

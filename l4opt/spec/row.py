@@ -152,6 +152,20 @@ def engine_kwargs(row: dict) -> dict:
             "shapes": shapes, "latency_batch": row.get("latency_batch") or shapes.get("batch")}
 
 
+# Costs (latency, USD per million) this close, relative, count as the same: no accuracy is
+# paid for less. The one tie rule: the recommendation and the fleet plan use it.
+SAME_COST = 0.05
+
+
+def least_drift_among_tied(costs, drifts, tie: float = SAME_COST) -> int:
+    """Index of the row to choose: the cheapest by `costs`, unless rows within `tie` of it
+    drift less; then the least drifting of those (`drifts`: tuples, compared in order; ties
+    keep the cheaper). Costs must be finite for at least one row."""
+    best = min(range(len(costs)), key=lambda i: costs[i])
+    near = [i for i in range(len(costs)) if costs[i] <= costs[best] * (1 + tie)]
+    return min(near, key=lambda i: (drifts[i], costs[i]))
+
+
 def pareto_mask(drop, latency):
     """True where no other point has both lower-or-equal drop and latency (one strictly).
     Points with a missing coordinate are never on the front. The one Pareto rule: the search,

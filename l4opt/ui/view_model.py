@@ -190,7 +190,8 @@ def with_speedups(df, latency: str = "latency_ms"):
 
 def recommend(rows, budget=None, *, latency: str = "latency_ms", run_dir=None) -> dict:
     """The recipe to ship within `budget` (default: a task-metric drop of at most 0.01): the
-    fastest trial whose status is ok (never collapsed, no-op or failed) that meets the budget,
+    fastest trial whose status is ok (never collapsed, no-op or failed) that meets the budget
+    (of those within rowspec.SAME_COST of the fastest, the one that drifts least),
     what it costs in accuracy (metric drop, mean cosine), what it buys in L4 latency over the
     FP16 baseline of the same shapes (speed-up and its band), which trials cannot be told apart
     from it (latency bands overlap), and what would do better. `rows`: trial rows of one
@@ -216,10 +217,10 @@ def recommend(rows, budget=None, *, latency: str = "latency_ms", run_dir=None) -
         out["better"] = _better(recs, None, kind, value, wl, run_dir, latency)
         out["sentence"] = _no_answer(recs, timed, budget, out["better"])
         return out
-    row, s = ok[0]
+    (row, s), tied = _tie_break(ok, latency)
     ms, lo, hi = _band(row, latency)
-    same = [str(r.get("name") or r.get("recipe")) for r, _ in ok[1:]
-            if _band(r, latency)[1] <= hi and _band(r, latency)[2] >= lo]
+    same = [str(r.get("name") or r.get("recipe")) for r, _ in ok if r is not row
+            and _band(r, latency)[1] <= hi and _band(r, latency)[2] >= lo]
     out.update(recipe=str(row.get("name") or row.get("recipe")), key=row.get("key"),
                status="ok", metric_name=row.get("metric_name"), metric_drop=_num(
                    row.get("metric_drop")) if _num(row.get("metric_drop")) is not None
@@ -229,10 +230,28 @@ def recommend(rows, budget=None, *, latency: str = "latency_ms", run_dir=None) -
                                                                  row.get("latency_batch")),
                speedup=s[0] if s else None, speedup_low=s[1] if s else None,
                speedup_high=s[2] if s else None, is_baseline=is_baseline(row),
-               indistinguishable=same)
+               indistinguishable=same, tied_faster=tied)
     out["better"] = _better(recs, row, kind, value, wl, run_dir, latency)
     out["sentence"] = _sentence(out)
     return out
+
+
+def _tie_break(ok, latency: str):
+    """The row to ship among `ok`: the fastest, unless rows within rowspec.SAME_COST of it
+    drift less; then the least drifting of those (task-metric drop, then cosine). Returns
+    ((row, speedup), [faster rows passed over, with how much faster])."""
+    def drift(r):
+        d = _num(r.get("metric_drop"))
+        d = _drop(r) if d is None else d
+        cos = _num(r.get("cos_mean"))
+        return (d if d is not None else math.inf, -(cos if cos is not None else -math.inf))
+
+    costs = [_band(r, latency)[0] for r, _ in ok]
+    best = ok[rowspec.least_drift_among_tied(costs, [drift(r) for r, _ in ok])]
+    ms = _band(best[0], latency)[0]
+    tied = [f"{r.get('name') or r.get('recipe')} ({100 * (ms / c - 1):.1f}% faster)"
+            for (r, _), c in zip(ok, costs) if c < ms]
+    return best, tied
 
 
 def _comparable(timed, latency: str):
@@ -259,7 +278,8 @@ def _sentence(r: dict) -> str:
     lat = (f"{'estimated' if est else 'measured'} L4 latency {r['latency_ms']:.3g} ms at batch "
            f"{r.get('latency_batch')}{band}")
     if r.get("is_baseline"):
-        buys = (f"no 8-bit recipe within the budget is faster than FP16; {lat}")
+        by = f" by more than {100 * rowspec.SAME_COST:.0f}%" if r.get("tied_faster") else ""
+        buys = f"no 8-bit recipe within the budget is faster than FP16{by}; {lat}"
     elif r.get("speedup"):
         sband = (f" (band {_times(r['speedup_low'])}–{_times(r['speedup_high'])}×"
                  f"{', so not shown to be faster' if r['speedup_low'] <= 1 else ''})"
@@ -272,6 +292,9 @@ def _sentence(r: dict) -> str:
             else f"it costs nothing in {metric} ({drop.lstrip('-')} better)")
     text = (f"Within the budget ({r['budget_text']}), ship {r['recipe']}: {cost} (mean cosine "
             f"{cos}) and buys {buys}.")
+    if r.get("tied_faster"):
+        text += (f" Passed over as no faster (within {100 * rowspec.SAME_COST:.0f}%) but drifting "
+                 f"more: {', '.join(r['tied_faster'])}.")
     if r.get("not_compared"):
         text += (f" {r['not_compared']} trial(s) at other shapes or batches were not compared "
                  f"with it.")

@@ -128,3 +128,14 @@ def test_pareto_mask_edge_cases():
     assert R.pareto_mask([0.0], [1.0]).tolist() == [True]
     assert R.pareto_mask([0.1, 0.1], [1.0, 2.0]).tolist() == [True, False]  # same drop, slower
     assert R.pareto_mask([math.nan, math.nan], [1.0, 2.0]).tolist() == [False, False]
+
+
+def test_the_tie_rule_pays_no_accuracy_for_less_than_five_percent():
+    from l4opt.spec.row import SAME_COST, least_drift_among_tied
+
+    assert SAME_COST == 0.05
+    drifts = [(0.0,), (0.007,), (0.004,)]
+    assert least_drift_among_tied([1.00, 0.98, 0.99], drifts) == 0   # all within 5%: least drift
+    assert least_drift_among_tied([1.00, 0.90, 0.99], drifts) == 1   # 10% faster: the fastest
+    assert least_drift_among_tied([1.00, 0.90, 0.93], drifts) == 2   # 0.93 within 5% of 0.90
+    assert least_drift_among_tied([0.5, 0.5], [(0.0,), (0.0,)]) == 0  # equal: the first

@@ -210,3 +210,23 @@ def test_detail_sections_are_formatted_for_people(run):
     assert fields["throughput"].endswith(" samples/s") and "," in fields["throughput"]
     assert fields["8-bit layers (GEMM/conv)"] == f"{row['quantized_layers']}/{row['gemm_layers']}"
     assert not any('"' in v or "{" in v for v in fields.values())
+
+
+def test_no_accuracy_is_paid_for_a_speed_up_within_the_tie():
+    """A recipe estimated 1-2% faster than FP16 (the tiny MLP of the JupyterLab test: int8-max
+    0.004852 vs baseline 0.004935 ms) is no reason to ship its drop: within SAME_SPEED the least
+    drifting row is shipped and the faster one named; past it, the fastest is."""
+    base = _hand("baseline", ms=0.004935, band=0.001, cos=1.0, format="fp16", route="none")
+    near = [base, _hand("int8-max", drop=0.0074, ms=0.004852, band=0.001),
+            _hand("int8", drop=0.0037, ms=0.004857, band=0.001)]
+    rec = vm.recommend(near, {"max_drop": 0.01})
+    assert rec["recipe"] == "baseline" and rec["is_baseline"]
+    assert rec["tied_faster"] == ["int8-max (1.7% faster)", "int8 (1.6% faster)"]
+    s = rec["sentence"]
+    assert "faster than FP16 by more than 5%" in s and "Passed over as no faster" in s
+    # among the tied 8-bit rows, the one that drifts less wins over the marginally faster one
+    no_base = vm.recommend(near[1:], {"max_drop": 0.01})
+    assert no_base["recipe"] == "int8" and no_base["tied_faster"] == ["int8-max (0.1% faster)"]
+    far = [base, _hand("int8-max", drop=0.0074, ms=0.004935 / 1.2, band=0.001)]
+    assert vm.recommend(far, {"max_drop": 0.01})["recipe"] == "int8-max"
+    assert vm.recommend(far, {"max_drop": 0.01})["tied_faster"] == []
