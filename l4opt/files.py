@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 import threading
 from pathlib import Path
@@ -61,11 +62,52 @@ def file_sha256(path: str | Path) -> str:
 
 # ------------------------------------------------------------------ inside a run directory
 
+def _host() -> str:
+    """This host's name as one dot- and dash-free token (temporary names and work dirs)."""
+    import socket
+
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
+
+
 def _tmp_name(name: str) -> str:
-    """A hidden temporary name beside `name`, one per process and thread, keeping the suffix
-    (np.savez appends .npz to a name without it)."""
+    """A hidden temporary name beside `name`, one per host, process and thread, keeping the
+    suffix (np.savez appends .npz to a name without it)."""
     suffix = Path(name).suffix
-    return f".{name}.{os.getpid()}.{threading.get_ident()}.tmp{suffix}"
+    return f".{name}.{_host()}.{os.getpid()}.{threading.get_ident()}.tmp{suffix}"
+
+
+_TMP_RE = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)\.(?P<pid>\d+)\.\d+\.tmp(\.[^.]*)?$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid exists (someone else's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def sweep_stale_tmp(directory) -> list[str]:
+    """Remove the temporary files a killed writer of THIS host left in `directory` (its pid
+    is gone); another host's, or a live writer's, are left alone. Returns the names removed."""
+    gone = []
+    host = _host()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return gone
+    for n in names:
+        m = _TMP_RE.match(n)
+        if m and m["host"] == host and not pid_alive(int(m["pid"])):
+            with contextlib.suppress(OSError):
+                p = Path(directory) / n
+                if p.is_file() and not p.is_symlink():
+                    p.unlink()
+                    gone.append(n)
+    return gone
 
 
 def _parts(path, root) -> tuple[Path, list[str]]:

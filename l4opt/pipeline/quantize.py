@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -312,10 +311,12 @@ _WORK_PREFIX = ".l4opt-ptq-"
 def _work_dir(parent: Path) -> Path:
     """A fresh private directory in `parent` for ModelOpt's files; ones a killed process of
     this host left there are removed first."""
-    host = socket.gethostname().replace("-", "_")
+    from l4opt.files import _host, pid_alive
+
+    host = _host()
     for old in parent.glob(f"{_WORK_PREFIX}{host}-*"):
         pid = old.name[len(_WORK_PREFIX) + len(host) + 1:].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     try:
         return Path(tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{host}-{os.getpid()}-",
@@ -323,16 +324,6 @@ def _work_dir(parent: Path) -> Path:
     except OSError as exc:
         raise StageFailed("onnx-ptq", str(os_error(exc, parent, "ModelOpt's work directory"))
                           ) from exc
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # someone else's process
-    return True
 
 
 # a failed write, by errno and by the text of an error that carries no errno (native code)

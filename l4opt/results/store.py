@@ -24,7 +24,8 @@ import numpy as np
 
 from l4opt.errors import BadInput
 from l4opt.spec import row as rowspec
-from l4opt.files import check_inside, file_sha256, safe_mkdir, safe_output, safe_write
+from l4opt.files import (check_inside, file_sha256, safe_mkdir, safe_output, safe_write,
+                         sweep_stale_tmp)
 
 STORE_SCHEMA = 1
 DB_NAME = "results.sqlite"
@@ -65,11 +66,14 @@ class Store:
 
     # ------------------------------------------------------------ trials
     def artifact_dir(self, key: str) -> Path:
-        """artifacts/<key>/, made inside the run directory; a symlinked one is refused."""
+        """artifacts/<key>/, made inside the run directory (a symlinked one is refused), with
+        the temporary files a killed writer of this host left there removed."""
         if self.readonly:
             raise BadInput(f"{self.run_dir} was opened read-only; artifacts are written by a "
                            f"sweep")
-        return safe_mkdir(self.artifacts / _safe_key(key), self.run_dir)
+        d = safe_mkdir(self.artifacts / _safe_key(key), self.run_dir)
+        sweep_stale_tmp(d)  # what a killed writer of this host left (its pid is gone)
+        return d
 
     def put(self, row: dict) -> None:
         """Record a finished (or failed) trial: row.json first, then the database (a row

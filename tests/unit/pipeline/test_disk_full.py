@@ -119,11 +119,10 @@ def test_a_full_disk_names_the_file_and_modelopt_leaves_nothing_behind(tmp_path)
 def test_a_work_directory_a_killed_process_left_is_removed_by_the_next_one(tmp_path):
     """SIGKILL mid-quantization leaves ModelOpt's directory behind; the next ONNX-PTQ trial of
     that artifact removes it (its process is gone), and leaves a live process's alone."""
-    import socket
-
+    from l4opt.files import _host
     from l4opt.pipeline.quantize import _work_dir
 
-    host = socket.gethostname().replace("-", "_")
+    host = _host()
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # a process id that no longer runs
     dead = tmp_path / f".l4opt-ptq-{host}-{child.pid}-abc"
@@ -134,3 +133,28 @@ def test_a_work_directory_a_killed_process_left_is_removed_by_the_next_one(tmp_p
     new = _work_dir(tmp_path)
     assert not dead.exists() and live.exists() and new.is_dir()
     assert new.parent == tmp_path and new.name.startswith(f".l4opt-ptq-{host}-{os.getpid()}-")
+
+
+def test_temporary_files_a_killed_writer_left_are_swept_when_the_trial_dir_is_reused(tmp_path):
+    """A SIGKILL between safe_write's temporary file and its rename leaves a hidden
+    '.row.json.<host>.<pid>.<tid>.tmp' in the trial's artifact dir; the next use of that dir
+    removes it when its pid is gone on this host, and keeps a live writer's and another
+    host's (a run directory on a shared filesystem)."""
+    from l4opt.files import _host, _tmp_name
+    from l4opt.results.store import Store
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    store = Store(tmp_path)
+    d = store.artifact_dir("k1")
+    mine = _tmp_name("row.json")
+    assert mine.startswith(f".row.json.{_host()}.{os.getpid()}.") and mine.endswith(".tmp.json")
+    dead = f".row.json.{_host()}.{child.pid}.140001.tmp.json"
+    live = f".model.onnx.{_host()}.{os.getpid()}.140002.tmp.onnx"
+    other = f".row.json.otherhost.{child.pid}.140003.tmp.json"
+    for n in (dead, live, other):
+        (d / n).write_bytes(b"partial")
+    assert store.artifact_dir("k1") == d
+    left = sorted(p.name for p in d.iterdir())
+    assert dead not in left and live in left and other in left, left
+    store.close()
