@@ -3,7 +3,7 @@
 Every number here is an ESTIMATE and says so. The kernels and the rules that make them are in
 `l4opt.latency.costmodel`; the constants that price them were fitted on published L4
 measurements (l4opt/data/l4_truth.csv) and are read from l4opt/data/l4_fit.json together with their
-leave-one-out errors, which give every estimate its band (`low_ms`..`high_ms`); FP8 work, which
+errors with a model family held out, which give every estimate its band (`low_ms`..`high_ms`); FP8 work, which
 no L4 row fits, gets the band of the sm_89 evidence instead (costmodel.FP8_EVIDENCE). A user with
 measured L4 rows refits them with `refit_from(run_dir)` (the cost model's refit; "calibration"
 in l4opt means ModelOpt's).

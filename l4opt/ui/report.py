@@ -61,7 +61,7 @@ LAYER_COLUMNS = ["layer", "op_type", "kind", "format", "sensitivity", "local_int
 FINDING_COLUMNS = ["kind", "layer", "time_ms", "share", "message"]
 SOURCE_MEANING = {
     "estimated": "l4opt's L4 cost model fitted on published L4 results (not a measurement; "
-                 "its band is the leave-one-out error)",
+                 "its band is the held-out error, l4opt/data/l4_fit.json)",
     "measured": "a TensorRT engine timed on that GPU (trtexec or l4opt.trt)",
 }
 
@@ -411,8 +411,9 @@ def _header(pg: _Page, title: str) -> list[str]:
     if any(plots.source_kind(s) == plots.ESTIMATED for s in sources):
         p.append("<p class=est>L4 latencies marked <b>estimated</b> come from l4opt's cost model "
                  "(TensorRT's fusions and kernels priced per kernel, fitted on published MLPerf "
-                 "L4 results), not from an L4; each carries the band of the model's leave-one-out "
-                 "error. Use them to rank recipes, not as measurements. In the charts they are "
+                 "L4 results), not from an L4; each carries the band of the model's error with a "
+                 "model family held out. Use them to rank recipes, not as measurements. In the "
+                 "charts they are "
                  "open markers with the band as error bars; measured ones are filled. CPU timings "
                  "of this workbench are never shown as L4 latency.</p>")
     return p
@@ -424,7 +425,8 @@ def _recommendation_section(pg: _Page) -> list[str]:
     from l4opt.ui.view_model import budget_text, recommend
 
     out = [f"<h2 id=recommendation>Recommendation</h2><p class=note>Budget: "
-           f"{e(budget_text(pg.budget))} (the fastest trial whose status is ok within it; "
+           f"{e(budget_text(pg.budget))} (the fastest trial whose status is ok within it, or "
+           f"the least drifting of those within 5% of it; "
            f"collapsed, no-op and failed trials are never recommended).</p>"]
     by_wl: dict = {}
     for r in pg.sweep_rows:
