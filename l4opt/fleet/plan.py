@@ -389,8 +389,7 @@ def plan(run_dir=None, *, onnx=None, qps=None, p99_ms, gpus=("L4",), prices=None
         if recommended[g] is None:
             notes.append(f"{g}: no row is recommended (none is ok, within the accuracy budget, "
                          f"runs as quantized on {g} and meets p99 <= {target:g} ms)")
-    for bn in dict.fromkeys(x for x in df.get("band_note", []) if isinstance(x, str) and x):
-        notes.append(f"latency band: {bn}")
+    notes += band_notes(df)
     df = df.drop(columns=["recommendable", "band_note"])
     return PlanResult(df, recommended, qps, target, names, budget, notes)
 
@@ -566,6 +565,25 @@ def recommendation(res: PlanResult) -> list[str]:
         out.append(f"cheapest at {at}: {best[2]} on {best[0]} (USD {best[1]:.3g} per million, "
                    f"on-demand prices; latencies ESTIMATED unless measured)")
     return out
+
+
+def band_notes(table) -> list[str]:
+    """The rows' latency-band notes folded: each part said once ('; '-separated parts of the
+    estimate's band source), with the recipes and GPUs it concerns when not all of them."""
+    rows = [(r.recipe, r.gpu, str(r.band_note).split("; ")) for r in table.itertuples()
+            if isinstance(getattr(r, "band_note", None), str) and r.band_note]
+    by_part: dict = {}
+    for rc, g, parts in rows:
+        for part in parts:
+            by_part.setdefault(part, {}).setdefault(rc, []).append(g)
+    everyone = {(rc, g) for rc, g, _ in rows}
+    out: dict = {}
+    for part, who in by_part.items():
+        pairs = {(rc, g) for rc, gs in who.items() for g in gs}
+        key = "" if pairs == everyone else "; ".join(
+            f"{rc} on {', '.join(gs)}" for rc, gs in who.items())
+        out.setdefault(key, []).append(part)
+    return [f"latency band{', ' + k if k else ''}: {'; '.join(v)}" for k, v in out.items()]
 
 
 def folded_notes(table) -> list[str]:

@@ -138,3 +138,20 @@ def test_row_notes_are_folded_once_with_what_they_concern():
                                "fp8 on T4: would run at FP16 on T4"]
     t.loc[4, "note"] = "status collapsed"
     assert folded_notes(t) == ["int8 on L4, T4; int8-max on L4, T4; fp8 on T4: status collapsed"]
+
+
+def test_band_notes_say_each_part_once_with_whom_it_concerns():
+    """The default plan printed four near-identical ~1,500-character band notes (one per FP8
+    recipe and GPU); each part of them is now said once, the specific ones with their rows."""
+    import pandas as pd
+
+    from l4opt.fleet.plan import band_notes
+
+    t = pd.DataFrame([
+        {"recipe": "fp8", "gpu": "L4", "band_note": "evidence A; slow side 5.8 ms; evidence B"},
+        {"recipe": "fp8", "gpu": "L40S", "band_note": "evidence A; slow side 2.3 ms; evidence B"},
+        {"recipe": "baseline", "gpu": "L4", "band_note": None}])
+    assert band_notes(t) == ["latency band: evidence A; evidence B",
+                             "latency band, fp8 on L4: slow side 5.8 ms",
+                             "latency band, fp8 on L40S: slow side 2.3 ms"]
+    assert band_notes(t.iloc[2:]) == []
