@@ -142,31 +142,34 @@ def _stop(proc) -> None:
             continue
 
 
-@pytest.fixture(scope="module")
-def page(lab):
+@contextlib.contextmanager
+def lab_browser(base: str, height: int):
+    """A Chromium context (Debian's, via Playwright) that reaches the JupyterLab at `base`
+    and nothing else; closed and its profile removed after."""
     from playwright.sync_api import sync_playwright
 
     profile = tempfile.mkdtemp(prefix="l4opt-chromium-lab-")
     pw = sync_playwright().start()
     ctx = pw.chromium.launch_persistent_context(
         profile, executable_path=CHROMIUM, headless=True, args=ARGS,
-        viewport={"width": 1400, "height": 1100})
-    pg = ctx.new_page()
-    errors = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        viewport={"width": 1400, "height": height})
+    ctx.route("**/*", lambda r: r.continue_() if r.request.url.startswith(base) else r.abort())
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+        pw.stop()
+        shutil.rmtree(profile, ignore_errors=True)
 
-    def route(r):  # JupyterLab on localhost only: nothing from the network
-        if r.request.url.startswith(lab["base"]):
-            r.continue_()
-        else:
-            r.abort()
 
-    pg.route("**/*", route)
-    pg.errors = errors
-    yield pg
-    ctx.close()
-    pw.stop()
-    shutil.rmtree(profile, ignore_errors=True)
+@pytest.fixture(scope="module")
+def page(lab):
+    with lab_browser(lab["base"], 1100) as ctx:
+        pg = ctx.new_page()
+        errors = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.errors = errors
+        yield pg
 
 
 def _open_and_run_all(pg, lab):

@@ -5,15 +5,13 @@ page no output is a dead widget view (item 1); the report opens from its link in
 with its charts, and from JupyterLab's file browser (untrusted HTML viewer, no scripts) with a
 note saying so (item 8). Kernel status messages are recorded to the test artifacts."""
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from test_browser import ARGS, ARTIFACTS, CHROMIUM
-from test_dashboard_lab import _need_browser, jupyter_lab
+from test_browser import ARTIFACTS
+from test_dashboard_lab import _need_browser, jupyter_lab, lab_browser
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"workload": "digits-cnn", "recipes": "baseline,int8-max", "run_dir": "run"}
@@ -68,19 +66,8 @@ def lab(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(lab):
     """A Chromium context that reaches JupyterLab on localhost and nothing else."""
-    from playwright.sync_api import sync_playwright
-
-    profile = tempfile.mkdtemp(prefix="l4opt-chromium-lab-")
-    pw = sync_playwright().start()
-    ctx = pw.chromium.launch_persistent_context(
-        profile, executable_path=CHROMIUM, headless=True, args=ARGS,
-        viewport={"width": 1400, "height": 1000})
-    ctx.route("**/*", lambda r: r.continue_() if r.request.url.startswith(lab["base"])
-              else r.abort())
-    yield ctx
-    ctx.close()
-    pw.stop()
-    shutil.rmtree(profile, ignore_errors=True)
+    with lab_browser(lab["base"], 1000) as ctx:
+        yield ctx
 
 
 def _open(pg, lab, path="quickstart.ipynb"):
